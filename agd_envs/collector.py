@@ -1,0 +1,175 @@
+"""Collect real MuJoCo transitions into an HDF5 dataset (Minari layout) with a vector env.
+
+Sub-environments autoreset in Gymnasium's SAME_STEP mode: the step that ends an episode returns the
+reset observation and puts the true last observation in ``info["final_obs"]``, so every stored episode
+has its real final observation and episodes are stitched per sub-environment.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Union
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium.vector import AutoresetMode
+from tqdm.auto import tqdm
+
+from agd_envs.datasets import DatasetWriter
+from agd_envs.policies import SCRIPTED_POLICIES
+from agd_envs.tasks import Task, get_task
+
+Policy = Callable[[np.ndarray], Union[np.ndarray, torch.Tensor]]
+
+
+@dataclass
+class _EpisodeBuffer:
+    """Transitions of one sub-environment's episode in flight."""
+
+    observations: list[np.ndarray] = field(default_factory=list)
+    actions: list[np.ndarray] = field(default_factory=list)
+    rewards: list[float] = field(default_factory=list)
+    seed: int | None = None
+
+
+def _as_numpy_actions(actions: np.ndarray | torch.Tensor) -> np.ndarray:
+    if isinstance(actions, torch.Tensor):
+        actions = actions.detach().cpu().numpy()
+    return np.asarray(actions, dtype=np.float32)
+
+
+class RealEnvCollector:
+    """Steps ``num_envs`` copies of a real task with a batched policy and appends finished episodes.
+
+    :param task: task name (``"Hopper"``) or :class:`Task`.
+    :param dataset: dataset directory (created, or appended to if it exists) or an open DatasetWriter.
+    :param num_envs: sub-environments in one ``SyncVectorEnv`` (async is slower on 2 cores).
+    :param seed: seeds the sub-environments (``seed + i``) and the built-in random policy.
+    """
+
+    def __init__(
+        self,
+        task: str | Task,
+        dataset: str | os.PathLike | DatasetWriter,
+        *,
+        num_envs: int = 1,
+        seed: int = 0,
+        policy_name: str = "unknown",
+        progress: bool = True,
+    ) -> None:
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        self.task = get_task(task)
+        if isinstance(dataset, DatasetWriter):
+            self.writer = dataset
+        else:
+            self.writer = DatasetWriter(Path(dataset), self.task, policy=policy_name)
+        self.num_envs = num_envs
+        self.seed = seed
+        self.progress = progress
+        self.envs = gym.vector.SyncVectorEnv(
+            [lambda: gym.make(self.task.env_id) for _ in range(num_envs)],
+            autoreset_mode=AutoresetMode.SAME_STEP,
+        )
+        self._obs: np.ndarray | None = None
+        self._buffers = [_EpisodeBuffer() for _ in range(num_envs)]
+        self.total_steps = 0
+
+    def scripted_policy(self, name: str) -> Policy:
+        """A built-in policy (``"random"`` or ``"sine"``) seeded from the collector's seed."""
+        if name not in SCRIPTED_POLICIES:
+            raise ValueError(f"unknown policy {name!r}; built-in policies: {', '.join(SCRIPTED_POLICIES)}")
+        return SCRIPTED_POLICIES[name](self.task, seed=self.seed)
+
+    def _start(self) -> np.ndarray:
+        obs, _ = self.envs.reset(seed=[self.seed + i for i in range(self.num_envs)])
+        for i, buffer in enumerate(self._buffers):
+            buffer.seed = self.seed + i
+            buffer.observations.append(obs[i])
+        return obs
+
+    def _act(self, policy: Policy | torch.nn.Module, obs: np.ndarray) -> np.ndarray:
+        if isinstance(policy, torch.nn.Module):
+            device = next(policy.parameters(), torch.empty(0)).device
+            with torch.no_grad():
+                actions = policy(torch.as_tensor(obs, dtype=torch.float32, device=device))
+        else:
+            actions = policy(obs)
+        actions = _as_numpy_actions(actions)
+        expected = (self.num_envs, self.task.act_dim)
+        if actions.shape != expected:
+            raise ValueError(
+                f"policy returned actions of shape {actions.shape}, expected {expected} "
+                f"(num_envs x act_dim for {self.task.env_id})"
+            )
+        if not np.all(np.isfinite(actions)):
+            raise ValueError("policy returned NaN or inf actions; check the policy's outputs")
+        # Stored actions are the ones executed: clipped to the bounds as the v5 envs' actuators clamp them.
+        return np.clip(actions, self.task.action_low, self.task.action_high)
+
+    def collect(self, policy: Policy | torch.nn.Module | str, steps: int) -> int:
+        """Step all sub-environments for ``steps`` transitions in total; returns episodes finished.
+
+        ``policy`` maps a batch ``num_envs x obs_dim`` (numpy, or a float32 tensor for an nn.Module)
+        to ``num_envs x act_dim`` actions (numpy or torch), or names a built-in policy (``"random"``, ``"sine"``).
+        """
+        if isinstance(policy, str):
+            policy = self.scripted_policy(policy)
+        obs = self._start() if self._obs is None else self._obs
+        finished = 0
+        iterations = -(-steps // self.num_envs)
+        bar = tqdm(total=iterations * self.num_envs, desc=f"collect {self.task.name}", unit="step", disable=not self.progress)
+        for _ in range(iterations):
+            actions = self._act(policy, obs)
+            next_obs, rewards, terminated, truncated, info = self.envs.step(actions)
+            done = terminated | truncated
+            for i, buffer in enumerate(self._buffers):
+                buffer.actions.append(actions[i])
+                buffer.rewards.append(float(rewards[i]))
+                if done[i]:
+                    buffer.observations.append(info["final_obs"][i])
+                    self._write(buffer, bool(terminated[i]), bool(truncated[i]))
+                    finished += 1
+                    self._buffers[i] = _EpisodeBuffer(observations=[next_obs[i]])
+                else:
+                    buffer.observations.append(next_obs[i])
+            obs = next_obs
+            self.total_steps += self.num_envs
+            bar.update(self.num_envs)
+        bar.close()
+        self._obs = obs
+        return finished
+
+    def _write(self, buffer: _EpisodeBuffer, terminated: bool, truncated: bool) -> None:
+        n = len(buffer.actions)
+        terminations = np.zeros(n, dtype=bool)
+        truncations = np.zeros(n, dtype=bool)
+        terminations[-1] = terminated
+        truncations[-1] = truncated or not terminated
+        self.writer.add_episode(
+            observations=np.stack(buffer.observations),
+            actions=np.stack(buffer.actions),
+            rewards=np.asarray(buffer.rewards, dtype=np.float64),
+            terminations=terminations,
+            truncations=truncations,
+            seed=buffer.seed,
+        )
+
+    def close(self, keep_partial: bool = True) -> None:
+        """Store episodes in flight as truncated (``keep_partial``), close the envs and the dataset."""
+        if keep_partial:
+            for buffer in self._buffers:
+                if buffer.actions:
+                    self._write(buffer, terminated=False, truncated=True)
+        self._buffers = [_EpisodeBuffer() for _ in range(self.num_envs)]
+        self.envs.close()
+        self.writer.close()
+
+    def __enter__(self) -> "RealEnvCollector":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

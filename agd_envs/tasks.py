@@ -1,0 +1,101 @@
+"""The four MuJoCo v5 tasks: dimensions, bounds, defaults and a batched termination function."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+TerminationFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _never(obs: torch.Tensor) -> torch.Tensor:
+    """HalfCheetah and Reacher never terminate: ``B x S`` -> ``B`` of False."""
+    return torch.zeros(obs.shape[:-1], dtype=torch.bool, device=obs.device)
+
+
+def _inside(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    # The v5 envs test health with strict inequalities (low < x < high).
+    return (x > low) & (x < high)
+
+
+def hopper_terminated(obs: torch.Tensor) -> torch.Tensor:
+    """Hopper-v5 default health rule on observations ``... x 11`` -> ``...`` bool.
+
+    The env checks qpos[2:] and the *unclipped* qvel against (-100, 100); the observation holds
+    qvel clipped to [-10, 10], so a velocity beyond +-100 (never seen in our 20k-step checks) is the
+    one case this function cannot see. Everything else is read exactly from the observation.
+    """
+    z, angle = obs[..., 0], obs[..., 1]
+    healthy_state = _inside(obs[..., 1:], -100.0, 100.0).all(dim=-1)
+    healthy = healthy_state & _inside(z, 0.7, float("inf")) & _inside(angle, -0.2, 0.2)
+    return ~healthy
+
+
+def walker2d_terminated(obs: torch.Tensor) -> torch.Tensor:
+    """Walker2d-v5 default health rule on observations ``... x 17`` -> ``...`` bool (exact)."""
+    z, angle = obs[..., 0], obs[..., 1]
+    return ~(_inside(z, 0.8, 2.0) & _inside(angle, -1.0, 1.0))
+
+
+@dataclass(frozen=True)
+class Task:
+    """A real MuJoCo v5 task as the world model sees it.
+
+    Attributes are plain numbers so a task can be written to JSON metadata and compared.
+    """
+
+    name: str
+    """Short name used on the command line and in registered ids (``AGD-Dream-<name>``)."""
+    env_id: str
+    """The real Gymnasium id, e.g. ``Hopper-v5``."""
+    obs_dim: int
+    act_dim: int
+    action_low: float
+    action_high: float
+    max_episode_steps: int
+    termination_fn: TerminationFn = field(compare=False, repr=False, default=_never)
+    """Batched ``obs[..., S] -> terminated[...]`` rule of the real env with default arguments."""
+    horizon: int = 10
+    """Default segment length H (the paper and PolyGRAD use 10 for every task)."""
+    guide_scale: float = 1.0
+    """Default guide scale alpha for EAG/SAG in our parametrisation (see guides.py)."""
+
+    @property
+    def dream_id(self) -> str:
+        """The Gymnasium id of this task's dream environment."""
+        return f"AGD-Dream-{self.name}"
+
+    def terminated(self, obs: torch.Tensor) -> torch.Tensor:
+        """Apply the termination rule to a batch of observations ``... x S``."""
+        if obs.shape[-1] != self.obs_dim:
+            raise ValueError(
+                f"{self.name}: observations have last dimension {obs.shape[-1]}, expected {self.obs_dim}"
+            )
+        return self.termination_fn(obs)
+
+
+TASKS: dict[str, Task] = {
+    task.name: task
+    for task in (
+        Task("HalfCheetah", "HalfCheetah-v5", 17, 6, -1.0, 1.0, 1000),
+        Task("Hopper", "Hopper-v5", 11, 3, -1.0, 1.0, 1000, hopper_terminated),
+        Task("Walker2d", "Walker2d-v5", 17, 6, -1.0, 1.0, 1000, walker2d_terminated),
+        Task("Reacher", "Reacher-v5", 10, 2, -1.0, 1.0, 50),
+    )
+}
+
+
+def get_task(name: str | Task) -> Task:
+    """Look a task up by short name (``Hopper``), env id (``Hopper-v5``) or dream id."""
+    if isinstance(name, Task):
+        return name
+    for task in TASKS.values():
+        if name in (task.name, task.env_id, task.dream_id) or name.lower() == task.name.lower():
+            return task
+    known = list(TASKS) + [t.env_id for t in TASKS.values()]
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ValueError(f"Unknown task {name!r}.{hint} Known tasks: {', '.join(TASKS)}.")
