@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Union
+from typing import Any, Callable, Union
 
 import gymnasium as gym
+import mujoco
 import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode
@@ -21,6 +22,10 @@ from tqdm.auto import tqdm
 from agd_envs.datasets import DatasetWriter
 from agd_envs.policies import SCRIPTED_POLICIES
 from agd_envs.tasks import Task, get_task
+
+# Full integration state (qpos, qvel, act, warm-start accelerations, time...): restoring it makes the
+# next mj_step bit-identical, which resuming a training run needs.
+_SIM_STATE = mujoco.mjtState.mjSTATE_INTEGRATION
 
 Policy = Callable[[np.ndarray], Union[np.ndarray, torch.Tensor]]
 
@@ -157,6 +162,51 @@ class RealEnvCollector:
             truncations=truncations,
             seed=buffer.seed,
         )
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue collection bit-identically: MuJoCo states, time limits,
+        env RNGs, episodes in flight (JSON-serialisable; floats round-trip exactly through JSON)."""
+        envs = []
+        for env in self.envs.envs:
+            sim = env.unwrapped
+            state = np.empty(mujoco.mj_stateSize(sim.model, _SIM_STATE))
+            mujoco.mj_getState(sim.model, sim.data, state, _SIM_STATE)
+            envs.append({
+                "sim": state.tolist(),
+                "elapsed_steps": env.get_wrapper_attr("_elapsed_steps"),
+                "rng": sim.np_random.bit_generator.state,
+            })  # fmt: skip
+        buffers = [
+            {"observations": np.asarray(b.observations).tolist(), "actions": np.asarray(b.actions).tolist(),
+             "rewards": b.rewards, "seed": b.seed}
+            for b in self._buffers
+        ]  # fmt: skip
+        obs = None if self._obs is None else self._obs.tolist()
+        return {"envs": envs, "buffers": buffers, "obs": obs, "total_steps": self.total_steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (same task and ``num_envs``)."""
+        if len(state["envs"]) != self.num_envs:
+            raise ValueError(f"collector state has {len(state['envs'])} sub-environments, this collector {self.num_envs}")
+        if self._obs is None:
+            self.envs.reset(seed=[self.seed + i for i in range(self.num_envs)])
+        for env, saved in zip(self.envs.envs, state["envs"]):
+            sim = env.unwrapped
+            mujoco.mj_setState(sim.model, sim.data, np.asarray(saved["sim"], dtype=np.float64), _SIM_STATE)
+            mujoco.mj_forward(sim.model, sim.data)
+            env.set_wrapper_attr("_elapsed_steps", saved["elapsed_steps"])
+            sim.np_random.bit_generator.state = saved["rng"]
+        obs_dtype = self.envs.single_observation_space.dtype
+        self._buffers = [
+            _EpisodeBuffer(
+                observations=[np.asarray(o, dtype=obs_dtype) for o in b["observations"]],
+                actions=[np.asarray(a, dtype=np.float32) for a in b["actions"]],
+                rewards=list(b["rewards"]), seed=b["seed"],
+            )
+            for b in state["buffers"]
+        ]  # fmt: skip
+        self._obs = None if state["obs"] is None else np.asarray(state["obs"], dtype=obs_dtype)
+        self.total_steps = state["total_steps"]
 
     def close(self, keep_partial: bool = True) -> None:
         """Store episodes in flight as truncated (``keep_partial``), close the envs and the dataset."""

@@ -1,0 +1,119 @@
+"""Where a dream env finds its world model and start states when the caller names neither.
+
+``gym.make("AGD-Dream-Hopper", critic=...)`` with no ``model`` uses :func:`default_model`:
+
+1. a checkpoint cached in ``<cache>/models/<task>-cpu/`` (``<cache>`` = ``$AGD_ENVS_CACHE``, else
+   ``$XDG_CACHE_HOME/agd-envs``, else ``~/.cache/agd-envs``), written by an earlier call or by
+   ``agd fit ... --out <cache>/models/<task>-cpu``;
+2. otherwise a ``cpu``-preset model is trained once (progress bar) on the task's shipped random-policy
+   dataset and cached there, so later calls load it in a second.
+
+The shipped dataset ``<task>-random`` is looked up in ``$AGD_ENVS_DATASETS`` and then in the
+``datasets/`` directory of the source checkout; the same dataset supplies start states when no
+``dataset`` is given. When it cannot be found the error prints the commands that create it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from agd_envs.tasks import Task, get_task
+
+DEFAULT_PRESET = "cpu"
+"""WorldModelConfig preset of the default models."""
+DEFAULT_FIT_STEPS = 2000
+"""Updates of the one-time default fit (about 3 minutes on 2 CPU cores with the ``cpu`` preset)."""
+DEFAULT_COLLECT_STEPS = 100_000
+"""Real steps the suggested ``agd collect`` command gathers."""
+
+
+def cache_dir() -> Path:
+    """Root of the user cache: ``$AGD_ENVS_CACHE``, ``$XDG_CACHE_HOME/agd-envs`` or ``~/.cache/agd-envs``."""
+    if os.environ.get("AGD_ENVS_CACHE"):
+        return Path(os.environ["AGD_ENVS_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "agd-envs"
+
+
+def default_model_dir(task: str | Task) -> Path:
+    """Cache directory of a task's default model checkpoint (``<cache>/models/<task>-cpu``)."""
+    return cache_dir() / "models" / f"{get_task(task).name.lower()}-{DEFAULT_PRESET}"
+
+
+def dataset_dirs() -> list[Path]:
+    """Directories searched for shipped datasets: ``$AGD_ENVS_DATASETS`` then the checkout's ``datasets/``."""
+    dirs = [Path(os.environ["AGD_ENVS_DATASETS"]).expanduser()] if os.environ.get("AGD_ENVS_DATASETS") else []
+    return dirs + [Path(__file__).resolve().parents[1] / "datasets"]
+
+
+def fix_commands(task: str | Task) -> str:
+    """The shell commands that create a task's default dataset and model."""
+    name = get_task(task).name
+    data = f"datasets/{name.lower()}-random"
+    return (
+        f"agd collect --task {name} --steps {DEFAULT_COLLECT_STEPS} --policy random --out {data} && "
+        f"agd fit --task {name} --dataset {data} --preset {DEFAULT_PRESET} --out {default_model_dir(name)}"
+    )
+
+
+def default_dataset_path(task: str | Task) -> Path:
+    """Path of the task's shipped ``<task>-random`` dataset; FileNotFoundError naming the fix if absent."""
+    name = f"{get_task(task).name.lower()}-random"
+    searched = [d / name for d in dataset_dirs()]
+    for path in searched:
+        if (path / "data" / "metadata.json").is_file():
+            return path
+    raise FileNotFoundError(
+        f"no {get_task(task).name} dataset found (looked in {', '.join(map(str, searched))}). Create one with "
+        f"`{fix_commands(task)}`, set AGD_ENVS_DATASETS to the directory holding {name}/, or pass dataset=... "
+        f"(a dataset path or an EpisodeDataset)."
+    )
+
+
+def default_model(task: str | Task, device: str | torch.device = "cpu", *, progress: bool = True):  # -> WorldModel
+    """The task's default world model: the cached checkpoint, else trained once on the shipped dataset and cached.
+
+    :param task: task name or Task.
+    :param device: where the model is placed (training runs there too).
+    :param progress: show a tqdm bar during the one-time fit.
+    :raises FileNotFoundError: no cached model and no shipped dataset; the message names the commands to run.
+    :raises agd_envs.world_model.CheckpointError: the cached checkpoint is damaged (delete the directory it names).
+    """
+    from agd_envs.datasets import EpisodeDataset
+    from agd_envs.world_model import WorldModel, WorldModelConfig
+
+    task = get_task(task)
+    target = default_model_dir(task)
+    if (target / "config.json").is_file():
+        return WorldModel.load(target, task=task, device=device)
+    dataset = EpisodeDataset.open(default_dataset_path(task), task=task)
+    print(
+        f"agd-envs: no cached {task.name} world model; training one ({DEFAULT_FIT_STEPS} updates, "
+        f"'{DEFAULT_PRESET}' preset) on {dataset.path}, cached in {target} for next time.",
+        file=sys.stderr,
+    )
+    model = WorldModel(WorldModelConfig.preset(DEFAULT_PRESET, task)).to(device)
+    model.fit(dataset, DEFAULT_FIT_STEPS, generator=torch.Generator().manual_seed(0), progress=progress)
+    _save_atomically(model, target)
+    return model
+
+
+def _save_atomically(model, target: Path) -> None:
+    """Save into a temporary sibling and rename, so a concurrent process never loads half a checkpoint."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        model.save(tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not (target / "config.json").is_file():  # not another process winning the race
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

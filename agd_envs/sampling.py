@@ -1,0 +1,445 @@
+"""Reverse diffusion over trajectory segments: inpainting, policy-guided actions, value guides.
+
+``sample`` turns noise into segments ``[s_0..s_H | r_0..r_{H-1}]`` given a ``Conditioning`` (known
+states, rewards and actions in real units) and returns an ``Imagined`` batch in real units;
+``imagine`` is the paper's Algorithm 2 (joint segments from real s_0, actions from the policy, an
+advantage guide).
+
+Reverse process. x_T ~ N(0, I); known entries are overwritten with their clean normalized values at
+the start, in every x0 estimate and in every x_t. The sampler visits ``sampling_steps(N, steps)`` and
+moves with ``diffusion.step_to`` (eta = 1 with all N steps is DDPM ancestral sampling, eta = 0 is
+DDIM). The result is the last x0 estimate; known entries are returned exactly as given.
+
+Guidance (paper eq. (5), state components). The guide shifts the x0 estimate, not the mean of x_{t-1}:
+
+    x0_guided = x0_hat + alpha * Cov[x0 | x_t] * (mask * grad_{x0} log f(x0_hat)),
+
+then the DDIM/DDPM move uses x0_guided. For a Gaussian clean distribution and linear log f this is
+exactly the posterior mean of the tilted distribution p(tau) f(tau) (a tilted Gaussian keeps its
+covariance and shifts its mean by Cov w), so alpha = 1 samples p f; and unlike mu + alpha Sigma g it
+still guides deterministic DDIM, where Sigma = 0. Two estimates of Cov[x0 | x_t]:
+
+- ``guide_mode="x0"`` (default, one critic gradient per step): (1 - alpha_bar_t) I, exact for
+  unit-variance isotropic data, which z-scored data is marginally. Where the data are much less
+  variable than that (e.g. near-deterministic dynamics given s_0), it over-estimates the covariance
+  at high noise, so alpha = 1 is then stronger than the Bayes tilt; the denoiser projects the
+  estimate back at the next step.
+- ``guide_mode="dps"``: Tweedie's Cov[x0|x_t] = (1 - ab_t)/sqrt(ab_t) d x0_hat / d x_t, applied as
+  (1 - ab_t)/sqrt(ab_t) grad_{x_t} log f(x0_hat(x_t)) by autograd through ``model.denoise``. Exact for
+  any Gaussian data and linear log f; about 2-3x the cost of a step. The shift then also moves
+  entries correlated with the guided ones (e.g. rewards correlated with states), as the tilt does.
+
+Relation to the reference code (AGD-MBRL, reference notes §3): it adds c * sigma_t^4 * G to the
+normalized state part of x0_hat (sigma_t^2 the DDPM posterior variance, c = 2..4 hard-coded, G taken
+from a critic fed normalized states). That is our update with a step-dependent
+alpha_t = c sigma_t^4 / (1 - ab_t): for c = 4, N = 128, tau = 1 it is 8e-5 at t = 1, 4.5e-3 at
+t = 64, 0.22 at t = 120 and 2.3 at t = 126, so nearly all of its guidance happens in the last,
+noisiest steps, and none at all with few-step DDIM. Ours is one constant alpha (alpha = 1: the Bayes
+tilt), a real-unit critic, and the same code for DDPM and DDIM.
+
+Stability. Gradients that are not finite are replaced by 0 (agd_envs.guides) and the shift
+alpha * Cov * g is clipped per entry to +-``max_shift`` z-score units (default 3.0: three standard
+deviations of z-scored data, the edge of where the denoiser has seen data, and the largest move one
+step should make; an estimate pushed further would only be pulled back by the denoiser or leave
+its training range). So any alpha (tested up to 1e3) and an exploding critic give finite samples.
+
+Actions (conditioning, never denoised; fed to the denoiser normalized). Caller-given actions (all or
+a prefix) are always kept. Without an actor the remaining actions are masked: the model marginalises
+over them (the closed-loop pattern) and ``Imagined.actions`` holds NaN there. With an actor, the
+unknown a_t come from the policy at the current state estimate, as PolyGRAD intends. PolyGRAD
+takes one small gradient step a += g grad_a log pi(a | s_hat) per denoising step, which cannot
+converge in the 4-8 DDIM steps we use. Default (``action_guidance="reparam"``): a reparameterised
+policy sample with the noise fixed per segment, a_t = mean(s_hat_t) + std(s_hat_t) * xi_t, xi drawn
+once; re-evaluated after every step at the new estimate, so the returned actions are an exact policy
+sample given the returned states (and A2C can use them as such). At the first step only actions whose
+states are known (a_t, t < num_known_states) exist; the others are masked for that one call.
+``action_guidance="grad"`` is PolyGRAD's variant (actions start N(0, I) normalized; per step clamp to
+mean +- 3 std, one step of size ``action_guidance_scale`` along grad log pi for a Gaussian policy,
+plus sqrt(Sigma_t) noise). An actor that returns a tensor is deterministic: a_t = actor(s_hat_t).
+
+Random numbers, in order from ``generator``: x_T; then xi (reparam) or the initial actions (grad);
+then per step the move's noise (eta > 0, not the last step) and, for grad, the action noise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Protocol
+
+import torch
+from einops import rearrange
+from torch import Tensor
+from torch.distributions import Distribution
+
+from agd_envs.diffusion import NoiseSchedule, sampling_steps, step_to
+from agd_envs.guides import (
+    Critic,
+    Guide,
+    advantages,
+    call_net,
+    finite_or_zero,
+    get_guide,
+    guide_gradient,
+    segment_log_f,
+)
+from agd_envs.normalization import Normalizer
+from agd_envs.segments import SegmentLayout
+from agd_envs.tasks import Task
+
+Actor = Callable[[Tensor], "Distribution | Tensor"]
+"""``actor(states: B x S real units)`` -> a distribution over real-unit actions (``.mean``,
+``.stddev``: Normal/Independent) or a ``B x A`` tensor of actions (deterministic)."""
+
+DEFAULT_MAX_SHIFT = 3.0
+
+
+class Denoiser(Protocol):
+    """What the sampler needs from a world model (agd_envs.world_model.WorldModel satisfies it)."""
+
+    layout: SegmentLayout
+    normalizer: Normalizer
+    schedule: NoiseSchedule
+    task: Task
+
+    def denoise(
+        self, x_t: Tensor, t: Tensor, actions: Tensor, action_mask: Tensor, known: Tensor, known_mask: Tensor
+    ) -> Tensor:
+        """x0 estimate ``B x Dx`` (normalized, known entries overwritten) from x_t ``B x Dx``, steps ``B``,
+        normalized actions ``B x H x A`` with mask ``B x H``, known values and mask ``B x Dx``."""
+        ...
+
+
+@dataclass
+class Conditioning:
+    """What is known about each segment, in real units. ``B`` segments of horizon H.
+
+    The known pattern is a prefix: s_0..s_{k-1} and r_0..r_{k-2} (k = ``num_known_states``), and
+    a_0..a_{j-1} (j = ``num_known_actions``). Entries outside the prefix are ignored (may be NaN).
+    """
+
+    states: Tensor
+    """``B x (H+1) x S``; rows >= num_known_states are ignored."""
+    num_known_states: Tensor
+    """``B`` long in 1..H+1 (1 = only s_0: joint sampling)."""
+    actions: Tensor | None = None
+    """``B x H x A`` or None; entries >= num_known_actions are ignored."""
+    num_known_actions: Tensor | None = None
+    """``B`` long in 0..H; None means H when ``actions`` is given, else 0."""
+    rewards: Tensor | None = None
+    """``B x H`` or None; r_0..r_{k-2} are used (required when some k > 1)."""
+
+    @classmethod
+    def from_start(cls, s0: Tensor, actions: Tensor | None = None, horizon: int | None = None) -> "Conditioning":
+        """Joint sampling from s_0 ``B x S``: all H actions ``B x H x A`` given, or none (actor / masked)."""
+        if horizon is None:
+            if actions is None:
+                raise ValueError("Conditioning.from_start needs actions or horizon= (e.g. model.layout.horizon)")
+            horizon = int(actions.shape[1])
+        if actions is not None and actions.shape[1] != horizon:
+            raise ValueError(f"actions have {actions.shape[1]} steps but horizon={horizon}")
+        batch = s0.shape[0]
+        states = s0.new_zeros(batch, horizon + 1, s0.shape[-1])
+        states[:, 0] = s0
+        ones = torch.ones(batch, dtype=torch.long, device=s0.device)
+        num_actions = ones * (horizon if actions is not None else 0)
+        return cls(states=states, num_known_states=ones, actions=actions, num_known_actions=num_actions)
+
+
+@dataclass
+class Imagined:
+    """A batch of imagined segments in real units."""
+
+    states: Tensor
+    """``B x (H+1) x S``: s_0..s_H (known rows exactly as given)."""
+    actions: Tensor
+    """``B x H x A``: given, policy-sampled, or NaN where neither (the model marginalised over them)."""
+    rewards: Tensor
+    """``B x H``: r_t for the transition s_t -> s_{t+1}."""
+    terminations: Tensor
+    """``B x H`` bool: d_t = task.termination_fn(s_{t+1}) (not made sticky: mask after the first True)."""
+    advantages: Tensor | None = None
+    """``B x H``: A_t = r_t + gamma (1 - d_t) V(s_{t+1}) - V(s_t) from the critic, when one was given."""
+
+
+@dataclass
+class _Known:
+    """The conditioning resolved on the model's device and dtype."""
+
+    x: Tensor  # B x Dx normalized known values (0 elsewhere)
+    mask: Tensor  # B x Dx
+    states: Tensor  # B x (H+1) x S real, exact where state_rows
+    state_rows: Tensor  # B x (H+1)
+    rewards: Tensor  # B x H real
+    reward_known: Tensor  # B x H
+    actions: Tensor  # B x H x A real, exact where action_known (NaN elsewhere)
+    action_known: Tensor  # B x H
+
+    def inpaint(self, x: Tensor) -> Tensor:
+        return torch.where(self.mask, self.x, x)
+
+    def real_states(self, x: Tensor, normalizer: Normalizer, layout: SegmentLayout) -> Tensor:
+        """Real-unit states ``B x (H+1) x S`` of a normalized segment, known rows exactly as given."""
+        states = normalizer.unnormalize_states(layout.unpack(x)[0])
+        return torch.where(self.state_rows[..., None], self.states, states)
+
+
+def _prepare(cond: Conditioning, layout: SegmentLayout, norm: Normalizer, device: Any, dtype: torch.dtype) -> _Known:
+    horizon, obs_dim, act_dim = layout.horizon, layout.obs_dim, layout.act_dim
+    states = cond.states.to(device=device, dtype=dtype)
+    if states.dim() != 3 or tuple(states.shape[1:]) != (horizon + 1, obs_dim):
+        raise ValueError(
+            f"Conditioning.states must be B x (H+1) x S = B x {horizon + 1} x {obs_dim} for this model, got "
+            f"{tuple(states.shape)}; for joint sampling use Conditioning.from_start(s0, horizon={horizon})"
+        )
+    batch = states.shape[0]
+
+    def counts(value: Tensor | None, name: str, low: int, high: int, default: int) -> Tensor:
+        if value is None:
+            return torch.full((batch,), default, dtype=torch.long, device=device)
+        value = torch.as_tensor(value, device=device).long().reshape(-1)
+        if value.shape != (batch,) or bool(((value < low) | (value > high)).any()):
+            raise ValueError(f"Conditioning.{name} must be {batch} integers in {low}..{high}, got {value.tolist()}")
+        return value
+
+    k = counts(cond.num_known_states, "num_known_states", 1, horizon + 1, 1)
+    j = counts(cond.num_known_actions, "num_known_actions", 0, horizon, horizon if cond.actions is not None else 0)
+    if cond.actions is None:
+        if bool((j > 0).any()):
+            raise ValueError("Conditioning.num_known_actions > 0 but actions is None; pass the actions")
+        actions = torch.zeros(batch, horizon, act_dim, device=device, dtype=dtype)
+    else:
+        actions = cond.actions.to(device=device, dtype=dtype)
+        if tuple(actions.shape) != (batch, horizon, act_dim):
+            raise ValueError(
+                f"Conditioning.actions must be {batch} x {horizon} x {act_dim}, got {tuple(actions.shape)}"
+            )
+    if cond.rewards is None:
+        if bool((k > 1).any()):
+            raise ValueError("Conditioning.rewards is required when num_known_states > 1 (r_0..r_{k-2} are known)")
+        rewards = torch.zeros(batch, horizon, device=device, dtype=dtype)
+    else:
+        rewards = cond.rewards.to(device=device, dtype=dtype)
+        if tuple(rewards.shape) != (batch, horizon):
+            raise ValueError(f"Conditioning.rewards must be {batch} x {horizon}, got {tuple(rewards.shape)}")
+
+    mask = layout.known_mask(k)
+    state_rows = torch.arange(horizon + 1, device=device)[None, :] < k[:, None]
+    reward_known = torch.arange(horizon, device=device)[None, :] < (k[:, None] - 1)
+    action_known = layout.action_mask(j)
+    # torch.where, not multiplication: ignored entries may hold NaN.
+    states = torch.where(state_rows[..., None], states, torch.zeros_like(states))
+    rewards = torch.where(reward_known, rewards, torch.zeros_like(rewards))
+    x = torch.where(mask, layout.pack(norm.normalize_states(states), norm.normalize_rewards(rewards)), 0.0)
+    actions = torch.where(action_known[..., None], actions, torch.full_like(actions, float("nan")))
+    return _Known(x, mask, states, state_rows, rewards, reward_known, actions, action_known)
+
+
+def _policy(actor: Actor, states: Tensor) -> tuple[Tensor, Tensor | None]:
+    """(mean, std or None) of the policy at real states ``B x H x S`` -> ``B x H x A`` each."""
+    out = call_net(actor, rearrange(states, "b h s -> (b h) s"))
+    if isinstance(out, Distribution):
+        mean, std = out.mean, out.stddev
+    elif isinstance(out, torch.Tensor):
+        mean, std = out, None
+    else:
+        raise TypeError(
+            f"actor must return a torch.distributions.Distribution or a tensor of actions, got {type(out).__name__}"
+        )
+
+    def back(t: Tensor) -> Tensor:
+        return rearrange(t.to(device=states.device, dtype=states.dtype), "(b h) a -> b h a", b=states.shape[0])
+
+    return back(mean), (None if std is None else back(std))
+
+
+class _Actions:
+    """The actions fed to the denoiser (normalized, with their mask) and their real-unit values."""
+
+    def __init__(
+        self,
+        known: _Known,
+        norm: Normalizer,
+        actor: Actor | None,
+        mode: str,
+        scale: float,
+        generator: torch.Generator | None,
+    ) -> None:
+        self.known, self.norm, self.actor, self.mode, self.scale = known, norm, actor, mode, scale
+        self.generator = generator
+        self.real = known.actions
+        self.mask = known.action_known
+        self.active = actor is not None and not bool(known.action_known.all())
+        self.xi: Tensor | None = None
+        if self.active and mode == "reparam":
+            self.xi = torch.randn(self.real.shape, generator=generator, device=self.real.device, dtype=self.real.dtype)
+            # First call: only actions at known states can be drawn; the rest stay masked.
+            drawn = self._draw(known.states[:, :-1])
+            have_state = known.state_rows[:, :-1]
+            self.real = torch.where(known.action_known[..., None], known.actions,
+                                    torch.where(have_state[..., None], drawn, self.real))  # fmt: skip
+            self.mask = known.action_known | have_state
+        elif self.active:  # "grad": PolyGRAD starts from N(0, I) in normalized action space
+            start = torch.randn(self.real.shape, generator=generator, device=self.real.device, dtype=self.real.dtype)
+            self.real = torch.where(known.action_known[..., None], known.actions, norm.unnormalize_actions(start))
+            self.mask = torch.ones_like(known.action_known)
+
+    @property
+    def normalized(self) -> Tensor:
+        """``B x H x A`` normalized actions, 0 where masked."""
+        z = self.norm.normalize_actions(self.real)
+        return torch.where(self.mask[..., None], z, torch.zeros_like(z))
+
+    def _draw(self, states: Tensor) -> Tensor:
+        mean, std = _policy(self.actor, states)  # type: ignore[arg-type]
+        return mean if std is None else mean + std * self.xi
+
+    def update(self, states: Tensor, variance: Tensor, last: bool) -> None:
+        """Re-derive the unknown actions from the state estimate ``B x (H+1) x S`` (real units)."""
+        if not self.active:
+            return
+        s = states[:, :-1]
+        if self.mode == "reparam":
+            new = self._draw(s)
+        else:
+            mean, std = _policy(self.actor, s)  # type: ignore[arg-type]
+            if std is None:
+                new = mean
+            else:
+                new = torch.minimum(torch.maximum(self.real, mean - 3.0 * std), mean + 3.0 * std)
+                if not last:
+                    # grad_a log N(a; mean, std^2) = (mean - a) / std^2 (PolyGRAD: one step per denoising step)
+                    new = new + self.scale * (mean - new) / std.square().clamp_min(1e-12)
+                    noise = torch.randn(new.shape, generator=self.generator, device=new.device, dtype=new.dtype)
+                    z = self.norm.normalize_actions(new) + variance.sqrt()[..., None] * noise
+                    new = self.norm.unnormalize_actions(z)
+        self.real = torch.where(self.known.action_known[..., None], self.known.actions, new)
+        self.mask = torch.ones_like(self.mask)
+
+
+def _bounded(shift: Tensor, max_shift: float | None) -> Tensor:
+    """Clip a guide shift to +-max_shift per entry (inf -> the bound) and zero any NaN."""
+    if max_shift is not None:
+        shift = shift.clamp(-max_shift, max_shift)
+    return finite_or_zero(shift)
+
+
+def default_steps(model: Denoiser, steps: int | None) -> int:
+    """``steps``, else ``model.config.sampling_steps`` when the model has one, else all N steps."""
+    if steps is not None:
+        return int(steps)
+    config_steps = getattr(getattr(model, "config", None), "sampling_steps", None)
+    return int(config_steps) if config_steps is not None else model.schedule.num_steps
+
+
+@torch.no_grad()
+def sample(
+    model: Denoiser,
+    cond: Conditioning,
+    *,
+    steps: int | None = None,
+    eta: float = 0.0,
+    actor: Actor | None = None,
+    guide: str | Guide = "none",
+    critic: Critic | None = None,
+    alpha: float = 1.0,
+    gamma: float = 0.99,
+    generator: torch.Generator | None = None,
+    guide_mode: Literal["x0", "dps"] = "x0",
+    max_shift: float | None = DEFAULT_MAX_SHIFT,
+    action_guidance: Literal["reparam", "grad"] = "reparam",
+    action_guidance_scale: float = 0.005,
+) -> Imagined:
+    """Sample segments given ``cond`` by guided reverse diffusion (see the module docstring).
+
+    :param model: a ``Denoiser`` (e.g. WorldModel); its normalizer's device and dtype are used.
+    :param cond: known states/rewards/actions in real units.
+    :param steps: reverse steps (default ``model.config.sampling_steps``, else the schedule's N).
+    :param eta: 0 = deterministic DDIM, 1 with all N steps = DDPM ancestral.
+    :param actor: policy for the unknown actions (None: they are masked).
+    :param guide: ``none`` | ``reward`` | ``eag`` | ``sag`` or a Guide.
+    :param critic: state-value critic ``obs[B, S] -> V[B]`` in real units (needed by eag/sag; also
+        gives ``Imagined.advantages``).
+    :param alpha: guide scale; 1 is the Bayes tilt p(tau) f(tau) for unit-variance Gaussian data.
+    :param gamma: discount of the advantage estimate.
+    :param generator: torch generator on the model's device (same seed -> same samples on CPU).
+    :param guide_mode: ``x0`` (Cov = (1 - ab_t) I) or ``dps`` (Tweedie covariance via autograd through the denoiser).
+    :param max_shift: per-entry bound of the guide's x0 shift in z-score units (None: no clip).
+    :param action_guidance: ``reparam`` (default) or ``grad`` (PolyGRAD's one gradient step per denoising step).
+    :param action_guidance_scale: step size of the ``grad`` variant (PolyGRAD's initial 0.005).
+    """
+    guide = get_guide(guide)
+    guide.check_critic(critic)
+    if guide_mode not in ("x0", "dps"):
+        raise ValueError(f"guide_mode must be 'x0' or 'dps', got {guide_mode!r}")
+    if action_guidance not in ("reparam", "grad"):
+        raise ValueError(f"action_guidance must be 'reparam' or 'grad', got {action_guidance!r}")
+    layout, norm, schedule = model.layout, model.normalizer, model.schedule
+    device, dtype = norm.obs_mean.device, norm.obs_mean.dtype
+    known = _prepare(cond, layout, norm, device, dtype)
+    batch = known.x.shape[0]
+    times = sampling_steps(schedule.num_steps, default_steps(model, steps))
+    guided = guide.moves is not None and alpha != 0.0
+    guide_kwargs = dict(layout=layout, normalizer=norm, task=model.task, critic=critic, gamma=gamma)
+
+    x = known.inpaint(torch.randn(batch, layout.x_dim, generator=generator, device=device, dtype=dtype))
+    acts = _Actions(known, norm, actor, action_guidance, action_guidance_scale, generator)
+    x0 = x
+    for i, t in enumerate(times):
+        t_prev = times[i + 1] if i + 1 < len(times) else -1
+        t_batch = torch.full((batch,), t, dtype=torch.long, device=device)
+        alpha_bar = schedule.at(t_batch, x)
+        if guided and guide_mode == "dps":
+            with torch.enable_grad():
+                x_in = x.detach().requires_grad_(True)
+                x0 = known.inpaint(model.denoise(x_in, t_batch, acts.normalized, acts.mask, known.x, known.mask))
+                log_f = segment_log_f(guide, x0, **guide_kwargs)
+                grad = None
+                if log_f.requires_grad:
+                    (grad,) = torch.autograd.grad(log_f.sum(), x_in, allow_unused=True)
+            x0 = x0.detach()
+            grad = torch.zeros_like(x) if grad is None else finite_or_zero(grad)
+            shift = (1.0 - alpha_bar) / alpha_bar.sqrt().clamp_min(1e-12) * grad
+        else:
+            x0 = known.inpaint(model.denoise(x, t_batch, acts.normalized, acts.mask, known.x, known.mask))
+            shift = (1.0 - alpha_bar) * guide_gradient(guide, x0, **guide_kwargs) if guided else None
+        if shift is not None:
+            x0 = known.inpaint(x0 + _bounded(alpha * shift, max_shift))
+        noise = None
+        if eta > 0.0 and t_prev >= 0:
+            noise = torch.randn(x.shape, generator=generator, device=device, dtype=dtype)
+        x, variance = step_to(schedule, x, t_batch, torch.full_like(t_batch, t_prev), x0, eta, noise)
+        x = known.inpaint(x)
+        acts.update(known.real_states(x0, norm, layout), variance, last=t_prev < 0)
+
+    states = known.real_states(x0, norm, layout)
+    rewards = torch.where(known.reward_known, known.rewards, norm.unnormalize_rewards(layout.unpack(x0)[1]))
+    terminations = model.task.terminated(states[:, 1:])
+    adv = None if critic is None else advantages(states, rewards, critic, terminations, gamma)
+    return Imagined(states=states, actions=acts.real, rewards=rewards, terminations=terminations, advantages=adv)
+
+
+def imagine(
+    model: Denoiser,
+    s0: Tensor,
+    actor: Actor,
+    critic: Critic | None = None,
+    *,
+    guide: str | Guide = "eag",
+    alpha: float | None = None,
+    steps: int | None = None,
+    eta: float = 0.0,
+    gamma: float = 0.99,
+    generator: torch.Generator | None = None,
+    guide_mode: Literal["x0", "dps"] = "x0",
+    max_shift: float | None = DEFAULT_MAX_SHIFT,
+) -> Imagined:
+    """Paper Algorithm 2: H-step segments jointly from real start states ``s0`` ``B x S``, actions from ``actor``.
+
+    :param alpha: guide scale (default ``model.task.guide_scale``). Other arguments as in ``sample``.
+    """
+    cond = Conditioning.from_start(s0, horizon=model.layout.horizon)
+    return sample(
+        model, cond, steps=steps, eta=eta, actor=actor, guide=guide, critic=critic,
+        alpha=model.task.guide_scale if alpha is None else alpha, gamma=gamma, generator=generator,
+        guide_mode=guide_mode, max_shift=max_shift,
+    )  # fmt: skip

@@ -1,0 +1,191 @@
+"""Fitting a WorldModel: the masked L2 denoising loss (paper eq. 6), the mask mix, Adam and EMA.
+
+Each batch element gets one of two known/unknown patterns (prototype-findings.md: train on exactly the
+patterns used at sampling time, loss on unknown entries only):
+
+- joint (fraction ``config.joint_fraction``): s_0 known, all H actions known — PolyGRAD/Algorithm 2;
+- closed-loop prefix, k ~ U{0..H-1}: s_0..s_k, r_0..r_{k-1} and a_0..a_k known — a DreamEnv step
+  after the caller gave a_k.
+
+Known entries of x_t are replaced by their clean values before the network sees them (WorldModel.predict_x0).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import torch
+from tqdm.auto import tqdm
+
+from agd_envs.diffusion import NoiseSchedule, q_sample
+from agd_envs.normalization import HasStatistics
+from agd_envs.segments import SegmentLayout
+from agd_envs.tasks import get_task
+from agd_envs.world_model import WorldModel, WorldModelConfig
+
+
+class SegmentBatch(Protocol):
+    """Real-unit segments: states ``B x (H+1) x S``, actions ``B x H x A``, rewards ``B x H``."""
+
+    states: torch.Tensor
+    actions: torch.Tensor
+    rewards: torch.Tensor
+
+
+class SegmentSource(Protocol):
+    """What ``fit`` needs from a dataset (agd_envs.datasets.EpisodeDataset satisfies it)."""
+
+    def statistics(self) -> HasStatistics: ...
+
+    def sample_segments(
+        self, batch_size: int, horizon: int, *, generator: torch.Generator | None = None, device: Any = None
+    ) -> SegmentBatch: ...
+
+
+def training_masks(
+    layout: SegmentLayout, batch_size: int, joint_fraction: float, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-element mix of the joint and closed-loop prefix patterns -> (known ``B x Dx``, action ``B x H``) bool."""
+    horizon = layout.horizon
+    joint = torch.rand(batch_size, generator=generator) < joint_fraction
+    k = torch.randint(0, horizon, (batch_size,), generator=generator)
+    num_states = torch.where(joint, torch.ones_like(k), k + 1)
+    num_actions = torch.where(joint, torch.full_like(k, horizon), k + 1)
+    return layout.known_mask(num_states), layout.action_mask(num_actions)
+
+
+def loss_weight(schedule: NoiseSchedule, t: torch.Tensor, like: torch.Tensor, config: WorldModelConfig) -> torch.Tensor:
+    """Per-sample weight ``B x 1`` of the squared error: 1, or min-SNR-gamma for the chosen target."""
+    if config.loss_weighting == "none":
+        return torch.ones_like(like[:, :1])
+    ab = schedule.at(t, like)
+    snr = ab / (1.0 - ab).clamp_min(1e-12)
+    clipped = snr.clamp_max(config.min_snr_gamma)
+    # x0-target error = SNR x eps-target error, so min(SNR, g) on x0 equals min(SNR, g)/SNR on eps.
+    if config.prediction == "eps":
+        return clipped / snr.clamp_min(1e-12)
+    return clipped / config.min_snr_gamma
+
+
+def diffusion_loss(
+    model: WorldModel, batch: SegmentBatch, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Masked L2 denoising loss of ``model.network`` on one batch of real-unit segments (scalar)."""
+    config, layout, norm = model.config, model.layout, model.normalizer
+    device = model.device
+    states = norm.normalize_states(batch.states.to(device))
+    actions = norm.normalize_actions(batch.actions.to(device))
+    rewards = norm.normalize_rewards(batch.rewards.to(device))
+    x0 = layout.pack(states, rewards)
+    b = x0.shape[0]
+    known_mask, action_mask = (m.to(device) for m in training_masks(layout, b, config.joint_fraction, generator))
+    t = torch.randint(0, config.diffusion_steps, (b,), generator=generator).to(device)
+    noise = torch.randn(x0.shape, generator=generator).to(device)
+    x_t = q_sample(model.schedule, x0, t, noise)
+    raw, x0_hat = model.predict_x0(model.network, x_t, t, actions, action_mask, x0, known_mask)
+    prediction, target = (x0_hat, x0) if config.prediction == "x0" else (raw, noise)
+    unknown = (~known_mask).to(x0.dtype)
+    weight = loss_weight(model.schedule, t, x0, config)
+    return (weight * unknown * (prediction - target).square()).sum() / unknown.sum().clamp_min(1.0)
+
+
+@torch.no_grad()
+def update_ema(model: WorldModel) -> None:
+    """EMA of the network weights with warm-up: decay = min(config.ema_decay, (1+n)/(10+n))."""
+    n = int(model.num_updates)
+    decay = min(model.config.ema_decay, (1.0 + n) / (10.0 + n))
+    ema = list(model.ema_network.parameters())
+    torch._foreach_lerp_(ema, list(model.network.parameters()), 1.0 - decay)
+    for e, p in zip(model.ema_network.buffers(), model.network.buffers()):
+        e.copy_(p)
+
+
+def _optimizer(model: WorldModel) -> torch.optim.Optimizer:
+    """The model's Adam, created on first use and kept on the model so repeated fits continue."""
+    if model.optimizer is None:
+        model.optimizer = torch.optim.AdamW(
+            model.network.parameters(), lr=model.config.lr, weight_decay=model.config.weight_decay
+        )
+    # Moments created before a .to(device) stay behind; move them along with the parameters.
+    for state in model.optimizer.state.values():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor) and value.device != model.device and key != "step":
+                state[key] = value.to(model.device)
+    return model.optimizer
+
+
+def fit(
+    model: WorldModel,
+    dataset: SegmentSource,
+    steps: int,
+    *,
+    batch_size: int | None = None,
+    generator: torch.Generator | None = None,
+    progress: bool = True,
+    log_every: int = 100,
+    callback: Callable[[dict[str, float]], bool | None] | None = None,
+    max_seconds: float | None = None,
+    update_normalizer: bool = True,
+) -> list[dict[str, float]]:
+    """Train ``model`` for ``steps`` updates (or until ``max_seconds``); return the loss log.
+
+    Normalization: with ``update_normalizer`` (default) the normalizer is refit from
+    ``dataset.statistics()`` — all of the dataset's data — at the start of every call, as PolyGRAD
+    refits on all data; the network then adapts during the updates that follow.
+
+    :param batch_size: segments per update (default ``config.batch_size``).
+    :param generator: CPU generator for segments, masks, steps and noise (reproducible fits).
+    :param log_every: updates per log record ``{"step", "loss", "seconds"}`` (loss averaged over them).
+    :param callback: called with each log record; returning True stops training.
+    :param max_seconds: wall-clock budget; training stops at the first update past it.
+    """
+    config = model.config
+    batch_size = batch_size or config.batch_size
+    if update_normalizer:
+        model.normalizer.fit(dataset.statistics())
+    optimizer = _optimizer(model)
+    model.network.train()
+    log: list[dict[str, float]] = []
+    start, running, count = time.perf_counter(), 0.0, 0
+    bar = tqdm(range(steps), desc="fit world model", disable=not progress, dynamic_ncols=True)
+    for i in bar:
+        batch = dataset.sample_segments(batch_size, config.horizon, generator=generator, device=model.device)
+        loss = diffusion_loss(model, batch, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.network.parameters(), config.grad_clip)
+        optimizer.step()
+        update_ema(model)
+        model.num_updates += 1
+        running, count = running + loss.item(), count + 1
+        elapsed = time.perf_counter() - start
+        out_of_time = max_seconds is not None and elapsed >= max_seconds
+        if count == log_every or i == steps - 1 or out_of_time:
+            record = {"step": float(int(model.num_updates)), "loss": running / count, "seconds": elapsed}
+            log.append(record)
+            bar.set_postfix(loss=f"{record['loss']:.4f}")
+            running, count = 0.0, 0
+            if (callback is not None and callback(record)) or out_of_time:
+                break
+    bar.close()
+    model.network.eval()
+    return log
+
+
+def fit_main(task: str, dataset: str, preset: str, steps: int, out: str, seed: int, device: str) -> Path:
+    """``agd fit``: train a ``preset`` world model for ``task`` on the dataset at ``dataset``, save to ``out``."""
+    from agd_envs.datasets import EpisodeDataset
+
+    data = EpisodeDataset.open(dataset)
+    wanted, found = get_task(task), get_task(data.task)
+    if wanted.name != found.name:
+        raise ValueError(f"dataset {dataset} holds {found.name} data, not {wanted.name}; pass --task {found.name}")
+    torch.manual_seed(seed)
+    model = WorldModel(WorldModelConfig.preset(preset, wanted)).to(device)
+    log = fit(model, data, steps, generator=torch.Generator().manual_seed(seed))
+    path = model.save(out)
+    print(f"saved {path} after {int(model.num_updates)} updates, final loss {log[-1]['loss']:.4f}")
+    return path

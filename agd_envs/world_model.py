@@ -1,0 +1,355 @@
+"""The diffusion world model: configuration, the ``denoise`` contract, EMA weights, save and load.
+
+A ``WorldModel`` holds everything needed to turn a noisy segment into an x0 estimate: the task, the
+segment layout, the normalizer (buffers), the noise schedule, the denoiser network and its EMA copy.
+Sampling (agd_envs/sampling.py) and training (agd_envs/training.py) live elsewhere and only use
+``denoise`` and the attributes below.
+
+Checkpoint directory: ``config.json`` (``format_version``, task, config fields) and ``weights.pt``
+(a state_dict of plain tensors: network, EMA network, normalizer; loaded with ``weights_only=True``).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from agd_envs.denoiser import SegmentDenoiser
+from agd_envs.diffusion import NoiseSchedule, cosine_schedule, x0_from_eps
+from agd_envs.normalization import Normalizer
+from agd_envs.segments import SegmentLayout
+from agd_envs.tasks import Task, get_task
+
+if TYPE_CHECKING:
+    from agd_envs.training import SegmentSource
+
+FORMAT_VERSION = 1
+"""Version written to ``config.json``; ``load`` refuses newer versions."""
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "weights.pt"
+
+
+class CheckpointError(ValueError):
+    """A world-model checkpoint directory cannot be loaded; the message names the path and the fix."""
+
+
+@dataclass
+class WorldModelConfig:
+    """Everything that defines a world model's network, diffusion and training. JSON-serialisable."""
+
+    task: str
+    """Task short name (``Hopper``); fixes obs/action sizes through agd_envs.tasks."""
+    horizon: int = 10
+    """Segment length H: the model denoises s_0..s_H and r_0..r_{H-1} (paper and PolyGRAD: 10)."""
+    diffusion_steps: int = 128
+    """Training diffusion steps N of the cosine schedule (PolyGRAD: 128)."""
+    sampling_steps: int = 8
+    """Default number of reverse steps a sampler takes (a subset of the N steps)."""
+    schedule_temperature: float = 1.0
+    """tau of alpha_bar(u) = cos(u pi/2)^(2 tau); PolyGRAD uses 0.1 for Hopper, 1.0 elsewhere."""
+    width: int = 1024
+    """Hidden width of the residual MLP."""
+    depth: int = 6
+    """Number of residual blocks."""
+    embed_dim: int = 128
+    """Size of the diffusion-step embedding."""
+    time_embedding: str = "learned"
+    """``learned`` (nn.Embedding table + MLP) or ``fourier`` (fixed random features + MLP)."""
+    time_injection: str = "block"
+    """Where the step embedding enters: ``block`` (every residual block) or ``input`` (once)."""
+    prediction: str = "x0"
+    """Network target: ``x0`` (PolyGRAD) or ``eps``; ``denoise`` returns an x0 estimate either way."""
+    anchor_states: bool = False
+    """x0-prediction only: the network predicts each unknown state as an offset from the latest known
+    state before it (s_0 in joint sampling), so "the state stays constant" is the zero output."""
+    loss_weighting: str = "none"
+    """``none`` (plain L2 of paper eq. 6 on the chosen target) or ``min_snr`` (Hang et al. 2023)."""
+    min_snr_gamma: float = 5.0
+    """gamma of the min-SNR weighting (only with ``loss_weighting="min_snr"``)."""
+    lr: float = 3e-4
+    """Adam learning rate."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clip (0 disables)."""
+    batch_size: int = 256
+    """Segments per training step."""
+    ema_decay: float = 0.999
+    """Per-update EMA decay of the sampling weights (warmed up as min(decay, (1+n)/(10+n)))."""
+    joint_fraction: float = 0.5
+    """Fraction of each batch trained on the joint pattern (s_0 and all H actions known); the rest on
+    the closed-loop prefix pattern (s_0..s_k, r_0..r_{k-1}, a_0..a_k known, k ~ U{0..H-1})."""
+    dtype: str = "float32"
+    """Compute dtype of the network: ``float32``, or ``bfloat16`` (autocast, CUDA only; weights stay float32)."""
+
+    def __post_init__(self) -> None:
+        get_task(self.task)  # raises with a suggestion on a typo
+        choices = {
+            "time_embedding": ("learned", "fourier"),
+            "time_injection": ("block", "input"),
+            "prediction": ("x0", "eps"),
+            "loss_weighting": ("none", "min_snr"),
+            "dtype": ("float32", "bfloat16"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"WorldModelConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if not 1 <= self.sampling_steps <= self.diffusion_steps:
+            raise ValueError(
+                f"sampling_steps must be in 1..diffusion_steps={self.diffusion_steps}, got {self.sampling_steps}"
+            )
+        if self.anchor_states and self.prediction != "x0":
+            raise ValueError("anchor_states=True needs prediction='x0' (it offsets the x0 estimate)")
+        if not 0.0 <= self.joint_fraction <= 1.0:
+            raise ValueError(f"joint_fraction must be in [0, 1], got {self.joint_fraction}")
+
+    @classmethod
+    def preset(cls, name: str, task: str | Task, **overrides: Any) -> "WorldModelConfig":
+        """Named configurations: ``paper`` (PolyGRAD sizes) and ``cpu`` (fits usefully in ~3 min on 2 cores).
+
+        ``paper``: H=10, N=128, residual MLP 1024 x 6 with LayerNorm, x0-prediction, batch 256, lr 3e-4,
+        tau 0.1 for Hopper else 1.0 (reference notes §0-1). ``cpu``: see PRESET_NOTES in this module.
+        """
+        task_name = get_task(task).name
+        if name == "paper":
+            fields: dict[str, Any] = dict(
+                horizon=10, diffusion_steps=128, sampling_steps=8, width=1024, depth=6, embed_dim=128,
+                schedule_temperature=0.1 if task_name == "Hopper" else 1.0, batch_size=256, lr=3e-4,
+            )  # fmt: skip
+        elif name == "cpu":
+            fields = dict(_CPU_PRESET)
+        else:
+            raise ValueError(f"unknown preset {name!r}; choose 'paper' or 'cpu'")
+        fields.update(overrides)
+        return cls(task=task_name, **fields)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON dictionary of every field."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "WorldModelConfig":
+        """Inverse of ``to_dict``; unknown or missing keys raise ValueError naming them."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown WorldModelConfig keys {unknown}; known keys: {sorted(names)}")
+        missing = sorted(names - set(data))
+        if missing:
+            raise ValueError(f"WorldModelConfig is missing keys {missing}")
+        return cls(**data)
+
+
+# Chosen from measurements on Hopper-v5 random data, 2 CPU cores (see the issue report and
+# benchmarks/model_fidelity.py): a 512x4 net does ~10 updates/s at batch 256, so a 3-minute fit is
+# ~1.8k updates.
+_CPU_PRESET: dict[str, Any] = dict(
+    horizon=10, diffusion_steps=32, sampling_steps=4, width=512, depth=4, embed_dim=128,
+    schedule_temperature=1.0, batch_size=256, lr=1e-3, ema_decay=0.995,
+)  # fmt: skip
+
+
+class WorldModel(nn.Module):
+    """Diffusion world model over H-step segments of one task (see module docstring).
+
+    ``denoise`` always uses the EMA weights (they are the sampling weights); training updates
+    ``network`` and then the EMA copy.
+    """
+
+    def __init__(self, config: WorldModelConfig, task: Task | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.task = get_task(task if task is not None else config.task)
+        if self.task.name != get_task(config.task).name:
+            raise ValueError(f"config is for task {config.task!r} but task {self.task.name!r} was given")
+        self.layout = SegmentLayout(self.task.obs_dim, self.task.act_dim, config.horizon)
+        self.normalizer = Normalizer(self.task.obs_dim, self.task.act_dim)
+        self.schedule: NoiseSchedule = cosine_schedule(config.diffusion_steps, config.schedule_temperature)
+        self.network = SegmentDenoiser(
+            x_dim=self.layout.x_dim,
+            act_dim=self.task.act_dim,
+            horizon=config.horizon,
+            num_steps=config.diffusion_steps,
+            width=config.width,
+            depth=config.depth,
+            embed_dim=config.embed_dim,
+            time_embedding=config.time_embedding,
+            time_injection=config.time_injection,
+        )
+        self.ema_network = copy.deepcopy(self.network).requires_grad_(False)
+        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+        # Training state that survives repeated fit() calls in one process (periodic refit);
+        # not saved in checkpoints: a loaded model continues with a fresh optimizer.
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the weights."""
+        return self.normalizer.obs_mean.device
+
+    def predict_x0(
+        self,
+        network: nn.Module,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        actions: torch.Tensor,
+        action_mask: torch.Tensor,
+        known: torch.Tensor,
+        known_mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run ``network`` (the trained one or the EMA copy); return (raw output, x0 estimate), both ``B x Dx``.
+
+        Known entries of ``x_t`` are replaced by ``known`` before the network sees them, and in the x0 estimate.
+        """
+        x_in = torch.where(known_mask, known, x_t)
+        with torch.autocast(x_in.device.type, dtype=torch.bfloat16, enabled=self._autocast(x_in)):
+            raw = network(x_in, t, actions, action_mask, known_mask)
+        raw = raw.to(x_in.dtype)
+        if self.config.prediction == "eps":
+            x0 = x0_from_eps(self.schedule, x_in, t, raw)
+        elif self.config.anchor_states:
+            x0 = raw + latest_known_states(self.layout, known, known_mask)
+        else:
+            x0 = raw
+        return raw, torch.where(known_mask, known, x0)
+
+    def denoise(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        actions: torch.Tensor,
+        action_mask: torch.Tensor,
+        known: torch.Tensor,
+        known_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """x0 estimate ``B x Dx`` (normalized) with EMA weights; known entries returned exactly.
+
+        :param x_t: ``B x Dx`` noisy segment at step t (normalized).
+        :param t: ``B`` long steps in 0..N-1.
+        :param actions: ``B x H x A`` normalized actions (entries outside ``action_mask`` are ignored).
+        :param action_mask: ``B x H`` bool, True where the action is known.
+        :param known: ``B x Dx`` clean normalized values, used where ``known_mask``.
+        :param known_mask: ``B x Dx`` bool.
+        """
+        return self.predict_x0(self.ema_network, x_t, t, actions, action_mask, known, known_mask)[1]
+
+    def _autocast(self, x: torch.Tensor) -> bool:
+        return self.config.dtype == "bfloat16" and x.device.type == "cuda"
+
+    def fit(self, dataset: "SegmentSource", steps: int, **kwargs: Any) -> list[dict[str, float]]:
+        """Train for ``steps`` updates on ``dataset``; see agd_envs.training.fit for the keywords."""
+        from agd_envs.training import fit
+
+        return fit(self, dataset, steps, **kwargs)
+
+    def num_parameters(self) -> int:
+        """Trainable parameters of the denoiser (the EMA copy not counted)."""
+        return sum(p.numel() for p in self.network.parameters())
+
+    # ----------------------------------------------------------------------------------- checkpoints
+    def save(self, directory: str | Path) -> Path:
+        """Write ``config.json`` and ``weights.pt`` into ``directory`` (created); return it."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "task": self.task.name,
+            "obs_dim": self.task.obs_dim,
+            "act_dim": self.task.act_dim,
+            "config": self.config.to_dict(),
+        }
+        state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
+        # Write to temporary names first so a crash never leaves a half-written checkpoint behind.
+        tmp_weights, tmp_config = directory / (WEIGHTS_FILE + ".tmp"), directory / (CONFIG_FILE + ".tmp")
+        torch.save(state, tmp_weights)
+        tmp_config.write_text(json.dumps(meta, indent=2) + "\n")
+        tmp_weights.replace(directory / WEIGHTS_FILE)
+        tmp_config.replace(directory / CONFIG_FILE)
+        return directory
+
+    @classmethod
+    def load(
+        cls, directory: str | Path, task: str | Task | None = None, device: str | torch.device = "cpu"
+    ) -> "WorldModel":
+        """Load a checkpoint written by ``save``; raise CheckpointError with the fix on any problem.
+
+        :param task: if given, the checkpoint must be for this task.
+        :param device: where to put the weights.
+        """
+        directory = Path(directory)
+        config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+        hint = "pass a directory written by WorldModel.save or `agd fit --out DIR`"
+        if not directory.is_dir():
+            raise CheckpointError(f"{directory}: no such checkpoint directory; {hint}")
+        for path in (config_path, weights_path):
+            if not path.is_file():
+                raise CheckpointError(f"{path}: missing; a checkpoint needs {CONFIG_FILE} and {WEIGHTS_FILE} — {hint}")
+        try:
+            meta = json.loads(config_path.read_text())
+            version = int(meta["format_version"])
+            config = WorldModelConfig.from_dict(meta["config"])
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(
+                f"{config_path}: corrupt or incomplete config ({type(err).__name__}: {err}); re-save the model "
+                f"or re-run `agd fit`"
+            ) from err
+        if version > FORMAT_VERSION:
+            raise CheckpointError(
+                f"{config_path}: format_version {version} is newer than this agd-envs supports "
+                f"({FORMAT_VERSION}); upgrade agd-envs (pip install -U agd-envs)"
+            )
+        if task is not None and get_task(task).name != config.task:
+            raise CheckpointError(
+                f"{directory}: checkpoint is for task {config.task!r}, not {get_task(task).name!r}; "
+                f"load the {get_task(task).name} model or pass task={config.task!r}"
+            )
+        try:
+            state = torch.load(weights_path, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises pickle, zip and runtime errors for damaged files
+            raise CheckpointError(
+                f"{weights_path}: cannot read the weights ({type(err).__name__}: {err}); the file is corrupt or "
+                f"truncated — re-save the model or re-run `agd fit`"
+            ) from err
+        model = cls(config)
+        _check_state(model, state, weights_path)
+        model.load_state_dict(state)
+        return model.to(device)
+
+
+def _check_state(model: WorldModel, state: Any, path: Path) -> None:
+    """Raise CheckpointError naming the first mismatching tensors between ``state`` and ``model``."""
+    fix = f"weights.pt does not match config.json (task {model.task.name}); save both from one model"
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a state_dict ({type(state).__name__}); {fix}")
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: missing tensors {missing[:3]}, unexpected {unexpected[:3]}; {fix}")
+    bad = [
+        f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if not isinstance(state[k], torch.Tensor) or state[k].shape != v.shape
+    ]
+    if bad:
+        raise CheckpointError(f"{path}: tensor shapes differ (file vs config): {'; '.join(bad[:3])}; {fix}")
+
+
+
+def latest_known_states(layout: SegmentLayout, known: torch.Tensor, known_mask: torch.Tensor) -> torch.Tensor:
+    """``B x Dx``: each state row holds the latest fully known state row at or before it (0 if none); rewards 0."""
+    known_states, _ = layout.unpack(known)
+    row_known, _ = layout.unpack(known_mask)
+    row_known = row_known.all(dim=-1)  # B x (H+1)
+    rows = torch.arange(layout.horizon + 1, device=known.device).expand_as(row_known)
+    latest = torch.where(row_known, rows, -1).cummax(dim=1).values  # B x (H+1)
+    gathered = torch.gather(known_states, 1, latest.clamp_min(0)[..., None].expand_as(known_states))
+    anchor = gathered * (latest >= 0)[..., None].to(known.dtype)
+    return layout.pack(anchor, torch.zeros_like(known[:, layout.num_state_entries :]))

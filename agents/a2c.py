@@ -1,0 +1,444 @@
+"""Advantage actor-critic on imagined segments (paper Algorithm 1, line 6) or on dream-env rollouts.
+
+One update = one batch: λ-returns and GAE(λ) from a (target) critic, a policy-gradient step on
+normalized advantages and a critic regression step, each with its own optimizer and grad-norm clip.
+Two entry points share every line of the loss code:
+
+* :meth:`A2CAgent.update` takes joint imagined segments (batch-major ``B x H``, the sampler's output);
+  every segment ends in a truncation (bootstrap from ``V(s_H)``), transitions after an imagined
+  termination are masked out.
+* :meth:`A2CAgent.update_from_transitions` takes closed-loop rollouts of a vector env (time-major
+  ``T x N``, e.g. ``AGD-Dream-<Task>``), bootstrapping at truncation from the true next observation.
+
+Deviations from the reference A2C (polygrad/agent/a2c.py; shared/reference notes §4, §7), each because
+the reference is buggy there or because it learns faster on a short CPU budget:
+
+* all H transitions of a segment are used (the reference drops the last reward/action and bootstraps
+  from ``V(s_{H-1})``), and the terminating transition keeps its loss (the reference's mask zeroes it);
+* no line search and no adaptive actor lr (the reference re-steps Adam with the same gradients, which
+  corrupts its moments); fixed, higher actor and log-std lrs instead (see :class:`A2CConfig`);
+* observations are z-scored inside the networks and the critic's output is PopArt-normalized, so one
+  set of learning rates serves HalfCheetah (returns ~10²–10³) and Reacher (~1);
+* plain Adam (no weight decay), advantage normalization over valid transitions only.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from agents.networks import GaussianActor, RunningMoments, ValueCritic
+
+ArrayLike = np.ndarray | Tensor
+
+
+class ImaginedSegments(Protocol):
+    """Imagined segments in real units (e.g. ``agd_envs.sampling.Imagined``)."""
+
+    states: Tensor
+    """``B x (H+1) x S``: s_0..s_H."""
+    actions: Tensor
+    """``B x H x A``: a_t taken in s_t."""
+    rewards: Tensor
+    """``B x H``: r_t of the transition s_t -a_t-> s_{t+1}."""
+    terminations: Tensor
+    """``B x H`` bool: d_t = "s_{t+1} is terminal"."""
+
+
+@dataclass
+class A2CConfig:
+    """Hyper-parameters of :class:`A2CAgent` (reference defaults unless a field says why not)."""
+
+    hidden_sizes: tuple[int, ...] = (256, 256)
+    """Widths of the actor's and the critic's hidden [Linear, LayerNorm, ELU] layers."""
+    lr_actor: float = 3e-4
+    """Adam lr of the actor's mean network. The reference starts at 3e-5 and lets a line search
+    shrink it so that mean|Δlog π| stays ≈ 0.01 per update, over ~375k updates. A CPU budget allows a
+    few thousand, so: no line search and the usual A2C/PPO lr; it keeps mean|Δlog π| at ~0.01-0.03
+    (metric ``policy_change``). Measured (A2C on real HalfCheetah-v5, 300 updates of 16x32 steps, one
+    seed, lr_log_std 3e-3): 1e-4 -> return -112, 3e-4 -> +151."""
+    lr_log_std: float | None = 3e-3
+    """Adam lr of the state-independent log-std (None: ``lr_actor``). Adam moves a parameter by ~lr
+    per step, so at 3e-4 the std needs ~5k updates to go from 1.0 to 0.3; 3e-3 lets it adapt within a
+    few hundred. Measured as above: HalfCheetah -> +151 vs +10 with 3e-4, Reacher-v5 (200 updates)
+    -> -41 vs -59."""
+    lr_critic: float = 3e-4
+    """Adam lr of the critic."""
+    gamma: float = 0.99
+    """Discount factor."""
+    gae_lambda: float = 0.9
+    """GAE λ."""
+    entropy_weight: float = 1e-5
+    """Weight of the policy-entropy bonus in the actor loss."""
+    max_grad_norm_actor: float = 0.5
+    """Global grad-norm clip of the actor's parameters (log-std included; the reference leaves it
+    unclipped). The reference's 0.1 mostly rescales every step, which Adam undoes; 0.5 only trims
+    outlier batches."""
+    max_grad_norm_critic: float = 0.5
+    """Global grad-norm clip of the critic's parameters (loss in PopArt-normalized units)."""
+    target_ema: float | None = 0.98
+    """EMA decay of the target critic that computes advantages and λ-returns; None uses the online
+    critic. The reference's 0.995 (a ~200-update lag) slows value learning over the few hundred to
+    few thousand updates a CPU budget allows; 0.98 measured faster on the tests' linear system."""
+    init_std: float = 1.0
+    """Initial action std, in half-widths of the action box."""
+    min_std: float = 0.1
+    """Floor of the action std, in half-widths of the action box (std = exp(b) + min_std)."""
+    normalize_advantages: bool = True
+    """Standardize advantages over the valid transitions of each batch."""
+    obs_norm: str = "running"
+    """Observation normalization inside both networks: "running" (mean/std over every observation
+    passed to an update), "fixed" (only what :meth:`A2CAgent.set_obs_statistics` sets, e.g. the real
+    dataset's statistics), or "none". Raw MuJoCo observations span ~0.1 to ~10 per dimension."""
+    obs_clip: float | None = 10.0
+    """Clip of the z-scored observations (None: no clip)."""
+    value_norm: bool = True
+    """PopArt: the critic learns values in units of running return statistics (see ValueCritic)."""
+    value_norm_rate: float = 0.05
+    """EMA rate of the return mean/second moment per update (the first update sets them)."""
+    value_norm_min_std: float = 1e-2
+    """Floor of the return std, in reward units."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_std < self.init_std:
+            raise ValueError(f"need 0 <= min_std < init_std, got min_std={self.min_std}, init_std={self.init_std}")
+        if not 0.0 < self.gamma <= 1.0 or not 0.0 <= self.gae_lambda <= 1.0:
+            raise ValueError(f"need 0 < gamma <= 1 and 0 <= gae_lambda <= 1, got {self.gamma}, {self.gae_lambda}")
+        if self.target_ema is not None and not 0.0 <= self.target_ema < 1.0:
+            raise ValueError(f"target_ema must be in [0, 1) or None (no target critic), got {self.target_ema}")
+        if self.obs_norm not in ("running", "fixed", "none"):
+            raise ValueError(f"obs_norm must be 'running', 'fixed' or 'none', got {self.obs_norm!r}")
+        self.hidden_sizes = tuple(self.hidden_sizes)
+
+
+def gae(
+    rewards: Tensor,
+    values: Tensor,
+    next_values: Tensor,
+    terminated: Tensor,
+    episode_end: Tensor,
+    gamma: float,
+    lam: float,
+) -> tuple[Tensor, Tensor]:
+    """GAE(λ) advantages and λ-returns, time-major: every argument is ``T x ...`` (e.g. ``T x N``).
+
+    ``values[t] = V(s_t)``, ``next_values[t] = V(s_{t+1})`` of the true next state (the final
+    observation when an episode ends at t). ``terminated[t]``: s_{t+1} is terminal, so no bootstrap;
+    ``episode_end[t]``: terminated or truncated after step t, so the recursion is cut (a truncation
+    still bootstraps from ``next_values[t]``). Step T-1 is always treated as a truncation.
+
+        δ_t = r_t + γ(1 - terminated_t) V(s_{t+1}) - V(s_t),   A_t = δ_t + γλ(1 - end_t) A_{t+1}
+
+    Returns (advantages, returns = advantages + values), both ``T x ...``.
+    """
+    keep = 1.0 - terminated.to(values.dtype)
+    carry = 1.0 - (episode_end | terminated).to(values.dtype)
+    deltas = rewards + gamma * keep * next_values - values
+    advantages = torch.empty_like(deltas)
+    running = torch.zeros_like(deltas[0])
+    for t in reversed(range(deltas.shape[0])):
+        running = deltas[t] + gamma * lam * carry[t] * running
+        advantages[t] = running
+    return advantages, advantages + values
+
+
+def alive_mask(terminations: Tensor) -> Tensor:
+    """``B x H`` bool d_t -> ``B x H`` bool w_t = Π_{j<t} (1 - d_j): the terminating step is kept."""
+    dead_before = torch.cumsum(terminations.long(), dim=-1) - terminations.long()
+    return dead_before == 0
+
+
+def explained_variance(prediction: Tensor, target: Tensor) -> float:
+    """1 - Var(target - prediction) / Var(target) over ``N`` values (nan when the target is constant)."""
+    var = target.var(unbiased=False)
+    return float("nan") if var == 0 else float(1.0 - (target - prediction).var(unbiased=False) / var)
+
+
+def _time_major(x: Tensor) -> Tensor:
+    """``B x H x ...`` -> ``H x B x ...`` (the loss code is time-major)."""
+    return rearrange(x, "b h ... -> h b ...")
+
+
+def _as_tensor(x: ArrayLike, device: torch.device, dtype: torch.dtype) -> Tensor:
+    return torch.as_tensor(x, device=device).detach().to(dtype)
+
+
+class A2CAgent:
+    """Gaussian actor and state-value critic trained by A2C; all inputs and outputs in real units.
+
+    ``agent.actor(states)`` -> ``torch.distributions.Distribution`` (the policy the diffusion sampler
+    guides actions with); ``agent.critic(obs)`` -> ``B`` values (an ``nn.Module``, the critic protocol:
+    ``gym.make("AGD-Dream-HalfCheetah", critic=agent.critic)``); ``agent.act(obs)`` for real envs.
+    Sampling in :meth:`act` uses torch's global RNG: seed it for reproducible actions.
+
+    :param obs_dim: observation size S.
+    :param act_dim: action size A.
+    :param config: hyper-parameters (defaults: :class:`A2CConfig`).
+    :param action_low: lower action bound (scalar or ``A``); actions are clipped to it in :meth:`act`.
+    :param action_high: upper action bound (scalar or ``A``).
+    :param device: where the networks live; inputs on any device are moved there.
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        config: A2CConfig | None = None,
+        *,
+        action_low: float | ArrayLike = -1.0,
+        action_high: float | ArrayLike = 1.0,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.config = config = config if config is not None else A2CConfig()
+        self.obs_dim, self.act_dim = obs_dim, act_dim
+        self.device = torch.device(device)
+        low = torch.as_tensor(action_low, dtype=torch.float32).expand(act_dim).clone()
+        high = torch.as_tensor(action_high, dtype=torch.float32).expand(act_dim).clone()
+        if not bool((low < high).all()):
+            raise ValueError(f"need action_low < action_high per dimension, got {low.tolist()} and {high.tolist()}")
+        self.action_low, self.action_high = low.to(self.device), high.to(self.device)
+        obs_clip = config.obs_clip if config.obs_norm != "none" else None
+        self.actor = GaussianActor(
+            obs_dim,
+            act_dim,
+            hidden_sizes=config.hidden_sizes,
+            init_std=config.init_std,
+            min_std=config.min_std,
+            action_low=low,
+            action_high=high,
+            obs_clip=obs_clip,
+        ).to(self.device)
+        self.critic = ValueCritic(obs_dim, hidden_sizes=config.hidden_sizes, obs_clip=obs_clip).to(self.device)
+        self.target_critic: ValueCritic | None = None
+        if config.target_ema is not None:
+            self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
+        self.obs_moments = RunningMoments(obs_dim).to(self.device)
+        lr_log_std = config.lr_log_std if config.lr_log_std is not None else config.lr_actor
+        groups = [
+            {"params": list(self.actor.mean_net.parameters())},
+            {"params": [self.actor.log_std], "lr": lr_log_std},
+        ]
+        self.actor_optim = torch.optim.Adam(groups, lr=config.lr_actor, eps=1e-5)
+        self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=config.lr_critic, eps=1e-5)
+        self.num_updates = 0
+
+    # ------------------------------------------------------------------ acting
+    @torch.no_grad()
+    def act(self, obs: ArrayLike, deterministic: bool = False) -> np.ndarray:
+        """``N x S`` (or ``S``) observations -> ``N x A`` (or ``A``) float32 actions clipped to the bounds.
+
+        ``deterministic=True`` returns the (clipped) mean action, for evaluation.
+        """
+        x = _as_tensor(obs, self.device, torch.float32)
+        single = x.ndim == 1
+        dist = self.actor(x[None] if single else x)
+        action = dist.mean if deterministic else dist.sample()
+        action = torch.clamp(action, self.action_low, self.action_high)
+        return (action[0] if single else action).cpu().numpy()
+
+    def set_obs_statistics(self, mean: ArrayLike, std: ArrayLike) -> None:
+        """Set the networks' observation normalization (``S`` each), e.g. from the real dataset."""
+        mean_t = _as_tensor(mean, self.device, torch.float32).reshape(self.obs_dim)
+        std_t = _as_tensor(std, self.device, torch.float32).reshape(self.obs_dim).clamp_min(1e-6)
+        for net in self._networks():
+            net.obs_norm.set(mean_t, std_t)
+
+    # ------------------------------------------------------------------ updates
+    def update(self, segments: ImaginedSegments) -> dict[str, float]:
+        """One A2C update on imagined segments (batch-major, see :class:`ImaginedSegments`) -> metrics."""
+        states = _as_tensor(segments.states, self.device, torch.float32)
+        if states.ndim != 3 or states.shape[-1] != self.obs_dim:
+            raise ValueError(f"segments.states must be B x (H+1) x {self.obs_dim}, got {tuple(states.shape)}")
+        terminated = _as_tensor(segments.terminations, self.device, torch.bool)
+        tm = _time_major
+        return self._update(
+            obs=tm(states[:, :-1]),
+            actions=tm(_as_tensor(segments.actions, self.device, torch.float32)),
+            rewards=tm(_as_tensor(segments.rewards, self.device, torch.float32)),
+            next_obs=tm(states[:, 1:]),
+            terminated=tm(terminated),
+            episode_end=tm(terminated),  # the segment's last step is a truncation by construction
+            valid=tm(alive_mask(terminated)),  # what a model imagines after a terminal state is not data
+        )
+
+    def update_from_transitions(
+        self,
+        obs: ArrayLike,
+        actions: ArrayLike,
+        rewards: ArrayLike,
+        next_obs: ArrayLike,
+        terminated: ArrayLike,
+        truncated: ArrayLike,
+        valid: ArrayLike | None = None,
+    ) -> dict[str, float]:
+        """One A2C update on ``T x N`` vector-env rollouts (time-major) -> metrics.
+
+        Row t of env n is the transition ``obs[t] -actions[t]-> (rewards[t], next_obs[t])``;
+        ``next_obs[t]`` is the true next observation, i.e. the final observation when the episode
+        ended at t (Gymnasium ``info["final_obs"]`` with same-step autoreset), so a truncation
+        bootstraps from ``V(next_obs[t])`` and a termination from 0. The last row is treated as a
+        truncation. ``valid`` (``T x N`` bool) drops rows from the loss, e.g. the reset steps of
+        next-step autoreset, whose action is ignored by the env.
+
+        :param obs: ``T x N x S`` observations.
+        :param actions: ``T x N x A`` actions as sampled (before the env's clipping).
+        :param rewards: ``T x N``.
+        :param next_obs: ``T x N x S``.
+        :param terminated: ``T x N`` bool.
+        :param truncated: ``T x N`` bool.
+        :param valid: ``T x N`` bool or None (all rows valid).
+        """
+        terminated_t = _as_tensor(terminated, self.device, torch.bool)
+        truncated_t = _as_tensor(truncated, self.device, torch.bool)
+        valid_t = torch.ones_like(terminated_t) if valid is None else _as_tensor(valid, self.device, torch.bool)
+        return self._update(
+            obs=_as_tensor(obs, self.device, torch.float32),
+            actions=_as_tensor(actions, self.device, torch.float32),
+            rewards=_as_tensor(rewards, self.device, torch.float32),
+            next_obs=_as_tensor(next_obs, self.device, torch.float32),
+            terminated=terminated_t,
+            episode_end=terminated_t | truncated_t,
+            valid=valid_t,
+        )
+
+    @torch.no_grad()
+    def value_targets(
+        self, obs: Tensor, rewards: Tensor, next_obs: Tensor, terminated: Tensor, episode_end: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """GAE advantages and λ-returns (``T x N`` each) from the target (or online) critic.
+
+        ``obs``/``next_obs`` ``T x N x S``; ``rewards``/``terminated``/``episode_end`` ``T x N`` (see :func:`gae`).
+        """
+        critic = self.target_critic if self.target_critic is not None else self.critic
+        values = critic(torch.cat([obs, next_obs]))
+        cfg = self.config
+        return gae(rewards, *values.chunk(2), terminated, episode_end, cfg.gamma, cfg.gae_lambda)
+
+    def _update(
+        self,
+        *,
+        obs: Tensor,
+        actions: Tensor,
+        rewards: Tensor,
+        next_obs: Tensor,
+        terminated: Tensor,
+        episode_end: Tensor,
+        valid: Tensor,
+    ) -> dict[str, float]:
+        """The shared update on time-major ``T x N`` tensors already on the device."""
+        cfg = self.config
+        if not bool(valid.any()):
+            raise ValueError("the batch has no valid transition to learn from")
+        if cfg.obs_norm == "running":
+            self.obs_moments.update(obs[valid])
+            self.set_obs_statistics(self.obs_moments.mean, self.obs_moments.std(1e-6))
+        advantages, returns = self.value_targets(obs, rewards, next_obs, terminated, episode_end)
+        obs, actions, advantages, returns = obs[valid], actions[valid], advantages[valid], returns[valid]
+        if cfg.value_norm:
+            self._update_value_statistics(returns)
+        metrics = self._actor_step(obs, actions, advantages)
+        metrics |= self._critic_step(obs, returns)
+        if self.target_critic is not None:
+            with torch.no_grad():
+                for target, online in zip(self.target_critic.parameters(), self.critic.parameters()):
+                    target.lerp_(online, 1.0 - cfg.target_ema)
+        self.num_updates += 1
+        metrics |= {"advantage_mean": float(advantages.mean()), "return_mean": float(returns.mean())}
+        return metrics
+
+    def _actor_step(self, obs: Tensor, actions: Tensor, advantages: Tensor) -> dict[str, float]:
+        """Policy-gradient step on ``N x S`` obs, ``N x A`` actions and ``N`` advantages."""
+        cfg = self.config
+        adv = advantages
+        if cfg.normalize_advantages and adv.numel() > 1:
+            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        dist = self.actor(obs)
+        log_prob = dist.log_prob(actions)
+        entropy = dist.entropy().mean()
+        loss = -(log_prob * adv).mean() - cfg.entropy_weight * entropy
+        self.actor_optim.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = nn.utils.clip_grad_norm_(self.actor.parameters(), cfg.max_grad_norm_actor)
+        self.actor_optim.step()
+        with torch.no_grad():
+            policy_change = (self.actor(obs).log_prob(actions) - log_prob).abs().mean()
+        return {
+            "actor_loss": float(loss.detach()),
+            "entropy": float(entropy.detach()),
+            "std": float(dist.stddev.detach().mean()),
+            "actor_grad_norm": float(grad_norm),
+            "policy_change": float(policy_change),  # mean |Δ log π(a|s)|, the reference's line-search target
+        }
+
+    def _critic_step(self, obs: Tensor, returns: Tensor) -> dict[str, float]:
+        """Regression step of the online critic on ``N`` λ-returns (loss in PopArt-normalized units)."""
+        cfg = self.config
+        mean, std = self.critic.value_mean, self.critic.value_std
+        prediction = self.critic.normalized(obs)
+        loss = 0.5 * ((returns - mean) / std - prediction).square().mean()
+        self.critic_optim.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm_critic)
+        self.critic_optim.step()
+        values = prediction.detach() * std + mean
+        return {
+            "critic_loss": float(loss.detach()),
+            "value_mse": float((returns - values).square().mean()),  # real units, before the step
+            "explained_variance": explained_variance(values, returns),
+            "critic_grad_norm": float(grad_norm),
+            "value_mean": float(values.mean()),
+        }
+
+    @torch.no_grad()
+    def _update_value_statistics(self, returns: Tensor) -> None:
+        """EMA of the return mean and second moment -> PopArt rescale of the critic (and its target)."""
+        cfg = self.config
+        rate = 1.0 if self.num_updates == 0 else cfg.value_norm_rate
+        mean_old, std_old = self.critic.value_mean, self.critic.value_std
+        mean = torch.lerp(mean_old, returns.mean(), rate)
+        second = torch.lerp(std_old.square() + mean_old.square(), returns.square().mean(), rate)
+        std = (second - mean.square()).clamp_min(0.0).sqrt().clamp_min(cfg.value_norm_min_std)
+        for critic in self._critics():
+            critic.set_value_statistics(mean, std)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _critics(self) -> list[ValueCritic]:
+        return [self.critic] + ([self.target_critic] if self.target_critic is not None else [])
+
+    def _networks(self) -> list[nn.Module]:
+        return [self.actor, *self._critics()]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume: networks, target, optimizers, statistics, update count, config."""
+        return {
+            "config": asdict(self.config),
+            "actor": self.actor.state_dict(),
+            "critic": self.critic.state_dict(),
+            "target_critic": None if self.target_critic is None else self.target_critic.state_dict(),
+            "obs_moments": self.obs_moments.state_dict(),
+            "actor_optim": self.actor_optim.state_dict(),
+            "critic_optim": self.critic_optim.state_dict(),
+            "num_updates": self.num_updates,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output (tensors may come from another device)."""
+        if (state["target_critic"] is None) != (self.target_critic is None):
+            raise ValueError(
+                "checkpoint and agent disagree on the target critic: build the agent with the "
+                f"checkpoint's config (target_ema={state['config'].get('target_ema')})"
+            )
+        self.actor.load_state_dict(state["actor"])
+        self.critic.load_state_dict(state["critic"])
+        if self.target_critic is not None:
+            self.target_critic.load_state_dict(state["target_critic"])
+        self.obs_moments.load_state_dict(state["obs_moments"])
+        self.actor_optim.load_state_dict(state["actor_optim"])
+        self.critic_optim.load_state_dict(state["critic_optim"])
+        self.num_updates = int(state["num_updates"])
