@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from agd_envs.tasks import TASKS
+from agd_envs.tasks import TASKS, get_task
 
 
 def _collect(args: argparse.Namespace) -> None:
@@ -30,13 +30,79 @@ def _collect(args: argparse.Namespace) -> None:
 
 
 def _fit(args: argparse.Namespace) -> None:
-    from agd_envs.world_model import fit_main
+    from agd_envs.training import fit_main
 
     out = fit_main(
         task=args.task, dataset=args.dataset, preset=args.preset, steps=args.steps,
         out=args.out, seed=args.seed, device=args.device,
     )
     print(f"saved world model to {out}")
+
+
+def _train(args: argparse.Namespace) -> None:
+    from agents.trainer import AGDTrainer, TrainerConfig, config_from_run
+
+    if args.resume:
+        config = config_from_run(args.out)
+        if args.task and args.task != config.task:
+            raise ValueError(f"{args.out} holds a {config.task} run, not {args.task}; pass --task {config.task} or another --out")
+    else:
+        if not args.task:
+            raise ValueError("--task is required for a new run")
+        overrides = {k: v for k, v in vars(args).items() if k in _TRAIN_OVERRIDES and v is not None}
+        config = TrainerConfig.for_task(args.task, guide=args.guide, steps=args.steps, seed=args.seed, **overrides)
+    trainer = AGDTrainer(config, args.out, resume=args.resume)
+    rows = trainer.train()
+    first, last = rows[0], rows[-1]
+    print(
+        f"{config.task} {config.guide} seed {config.seed}: eval return {float(first['eval_return_mean']):.1f} -> "
+        f"{float(last['eval_return_mean']):.1f} over {last['real_steps']} real steps in {float(last['wall_seconds']):.0f} s"
+    )
+    if args.plot:
+        from agents.plotting import plot, read_runs
+
+        print(f"learning curve: {plot(read_runs([args.out]), Path(args.out) / 'learning_curve.png')}")
+
+
+_TRAIN_OVERRIDES = ("imagination", "alpha", "warm_start", "iteration_steps", "eval_every", "eval_episodes",
+                    "checkpoint_every", "device", "num_envs", "model_preset", "sampling_steps")  # fmt: skip
+
+
+def _eval(args: argparse.Namespace) -> None:
+    import torch
+
+    from agents.a2c import A2CAgent, A2CConfig
+    from agents.evaluation import evaluate
+    from agents.trainer import config_from_run
+
+    config = config_from_run(args.run)
+    task = get_task(config.task)
+    agent = A2CAgent(task.obs_dim, task.act_dim, A2CConfig(**config.a2c), action_low=task.action_low, action_high=task.action_high)
+    path = Path(args.run) / "checkpoint" / "agent.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; the run has no checkpoint yet")
+    agent.load_state_dict(torch.load(path, weights_only=True))
+    result = evaluate(task, lambda obs: agent.act(obs, deterministic=True), args.episodes, seed=args.seed, video=args.video)
+    print(f"{task.name}: return {result.mean:.1f} ± {result.stderr:.1f} (std {result.std:.1f}, {args.episodes} episodes)")
+
+
+def _plot(args: argparse.Namespace) -> None:
+    from agents.plotting import plot, read_runs
+
+    print(f"wrote {plot(read_runs(args.runs), args.out)}")
+
+
+def _table(args: argparse.Namespace) -> None:
+    from agents.plotting import read_runs, table
+
+    print(table(read_runs(args.runs)))
+
+
+def _baseline(args: argparse.Namespace) -> None:
+    from agents.baselines import run_baseline
+
+    rows = run_baseline(args.algo, args.task, args.steps, args.seed, args.out, eval_every=args.eval_every, device=args.device)
+    print(f"{args.algo} {args.task} seed {args.seed}: eval return {float(rows[0]['eval_return_mean']):.1f} -> {float(rows[-1]['eval_return_mean']):.1f}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,6 +129,53 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--device", default="cpu")
     fit.set_defaults(func=_fit)
+
+    train = sub.add_parser("train", help="AGD-MBRL training (paper Algorithm 1) on a real task")
+    train.add_argument("--task", choices=tasks, help="required unless --resume")
+    train.add_argument("--guide", default="eag", choices=["eag", "sag", "reward", "none"])
+    train.add_argument("--steps", type=int, default=100_000, help="real environment steps")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--out", required=True, help="run directory (config, dataset, logs, checkpoints)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    train.add_argument("--imagination", choices=["joint", "closed-loop"])
+    train.add_argument("--alpha", type=float, help="guide scale (default: the task's)")
+    train.add_argument("--warm-start", dest="warm_start", help="dataset to start from (default: the shipped one)")
+    train.add_argument("--iteration-steps", dest="iteration_steps", type=int)
+    train.add_argument("--eval-every", dest="eval_every", type=int)
+    train.add_argument("--eval-episodes", dest="eval_episodes", type=int)
+    train.add_argument("--checkpoint-every", dest="checkpoint_every", type=int)
+    train.add_argument("--sampling-steps", dest="sampling_steps", type=int)
+    train.add_argument("--num-envs", dest="num_envs", type=int)
+    train.add_argument("--model-preset", dest="model_preset", choices=["cpu", "paper"])
+    train.add_argument("--device")
+    train.add_argument("--plot", action="store_true", help="write learning_curve.png into the run directory")
+    train.set_defaults(func=_train)
+
+    evaluate = sub.add_parser("eval", help="real-env return of a run's latest checkpoint")
+    evaluate.add_argument("run")
+    evaluate.add_argument("--episodes", type=int, default=10)
+    evaluate.add_argument("--seed", type=int, default=20_000)
+    evaluate.add_argument("--video", help="write an MP4 of the first episode (needs MuJoCo rendering)")
+    evaluate.set_defaults(func=_eval)
+
+    plot = sub.add_parser("plot", help="learning curves (mean ± standard error over seeds), one panel per task")
+    plot.add_argument("runs", nargs="+")
+    plot.add_argument("--out", default="learning_curves.png")
+    plot.set_defaults(func=_plot)
+
+    table = sub.add_parser("table", help="final returns as a Markdown table (paper Table I layout)")
+    table.add_argument("runs", nargs="+")
+    table.set_defaults(func=_table)
+
+    baseline = sub.add_parser("baseline", help="model-free baseline (SB3 PPO / sb3-contrib TRPO, RL Zoo hyperparameters)")
+    baseline.add_argument("algo", choices=["ppo", "trpo"])
+    baseline.add_argument("--task", required=True, choices=tasks)
+    baseline.add_argument("--steps", type=int, default=100_000)
+    baseline.add_argument("--seed", type=int, default=0)
+    baseline.add_argument("--out", required=True)
+    baseline.add_argument("--eval-every", dest="eval_every", type=int, default=5000)
+    baseline.add_argument("--device", default="cpu")
+    baseline.set_defaults(func=_baseline)
     return parser
 
 
@@ -72,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     func: Callable[[argparse.Namespace], None] = args.func
     try:
         func(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as error:
         print(f"agd {args.command}: error: {error}", file=sys.stderr)
         raise SystemExit(2) from error
 

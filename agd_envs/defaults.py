@@ -5,10 +5,10 @@
 1. a checkpoint cached in ``<cache>/models/<task>-cpu/`` (``<cache>`` = ``$AGD_ENVS_CACHE``, else
    ``$XDG_CACHE_HOME/agd-envs``, else ``~/.cache/agd-envs``), written by an earlier call or by
    ``agd fit ... --out <cache>/models/<task>-cpu``;
-2. otherwise a ``cpu``-preset model is trained once (progress bar) on the task's shipped random-policy
+2. otherwise a ``cpu``-preset model is trained once (progress bar) on the task's shipped
    dataset and cached there, so later calls load it in a second.
 
-The shipped dataset ``<task>-random`` is looked up in ``$AGD_ENVS_DATASETS`` and then in the
+The shipped dataset ``<task>-mixed`` is looked up in ``$AGD_ENVS_DATASETS`` and then in the
 ``datasets/`` directory of the source checkout; the same dataset supplies start states when no
 ``dataset`` is given. When it cannot be found the error prints the commands that create it.
 """
@@ -29,8 +29,10 @@ DEFAULT_PRESET = "cpu"
 """WorldModelConfig preset of the default models."""
 DEFAULT_FIT_STEPS = 2000
 """Updates of the one-time default fit (about 3 minutes on 2 CPU cores with the ``cpu`` preset)."""
-DEFAULT_COLLECT_STEPS = 100_000
-"""Real steps the suggested ``agd collect`` command gathers."""
+DEFAULT_COLLECT_STEPS = 20_000
+"""Real steps the suggested ``agd collect`` command gathers (as the shipped datasets)."""
+SHIPPED_DATASET = "{task}-mixed"
+"""Directory name of a task's shipped dataset (``datasets/README.md`` has the cards)."""
 
 
 def cache_dir() -> Path:
@@ -55,16 +57,16 @@ def dataset_dirs() -> list[Path]:
 def fix_commands(task: str | Task) -> str:
     """The shell commands that create a task's default dataset and model."""
     name = get_task(task).name
-    data = f"datasets/{name.lower()}-random"
+    data = f"datasets/{SHIPPED_DATASET.format(task=name.lower())}"
     return (
-        f"agd collect --task {name} --steps {DEFAULT_COLLECT_STEPS} --policy random --out {data} && "
+        f"agd collect --task {name} --steps {DEFAULT_COLLECT_STEPS} --policy mixed --num-envs 8 --out {data} && "
         f"agd fit --task {name} --dataset {data} --preset {DEFAULT_PRESET} --out {default_model_dir(name)}"
     )
 
 
 def default_dataset_path(task: str | Task) -> Path:
-    """Path of the task's shipped ``<task>-random`` dataset; FileNotFoundError naming the fix if absent."""
-    name = f"{get_task(task).name.lower()}-random"
+    """Path of the task's shipped ``<task>-mixed`` dataset; FileNotFoundError naming the fix if absent."""
+    name = SHIPPED_DATASET.format(task=get_task(task).name.lower())
     searched = [d / name for d in dataset_dirs()]
     for path in searched:
         if (path / "data" / "metadata.json").is_file():

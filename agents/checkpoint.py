@@ -1,0 +1,122 @@
+"""Run directories of ``agd train``: config, dataset, and atomic checkpoints for bit-identical resume.
+
+Layout: ``<run>/config.json``, ``<run>/data/`` (the run's HDF5 dataset), ``<run>/progress.csv``,
+``<run>/tb/``, ``<run>/checkpoint/`` (``state.json``, ``agent.pt``, ``model/``, ``training.pt``).
+A checkpoint is written to ``checkpoint.tmp`` and swapped in by renames, so a crash leaves either the
+old or the new one. Resuming rolls the dataset back to the episodes the checkpoint had seen (later
+ones are kept in ``data.rolled-back-<n>``, never deleted) so the continuation replays exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from agd_envs.datasets import DatasetError, DatasetWriter, EpisodeDataset
+from agd_envs.tasks import Task
+from agd_envs.training import _optimizer
+from agd_envs.world_model import WorldModel
+
+if TYPE_CHECKING:
+    from agents.a2c import A2CAgent
+    from agents.trainer import TrainerConfig
+
+
+class RunError(ValueError):
+    """A run directory cannot be used as asked; the message says why and what to do."""
+
+
+class RunCheckpoint:
+    """Reads and writes the files of one run directory."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.data_dir = self.run_dir / "data"
+        self.dir = self.run_dir / "checkpoint"
+        self.config_path = self.run_dir / "config.json"
+
+    def prepare(self, config: "TrainerConfig", resume: bool) -> None:
+        """Create a fresh run directory, or check that ``resume`` can continue the one there."""
+        saved = json.loads(self.config_path.read_text()) if self.config_path.exists() else None
+        if resume:
+            if saved is None:
+                raise RunError(f"{self.run_dir}: no run to resume (no config.json); start it without --resume")
+            if saved["task"] != config.task:
+                raise RunError(f"{self.run_dir}: holds a {saved['task']} run, not {config.task}; pass --task {saved['task']} or another --out")
+            if not (self.dir / "state.json").exists():
+                raise RunError(f"{self.run_dir}: no checkpoint yet (checkpoint/state.json); start the run again without --resume in a new --out")
+            return
+        if saved is not None:
+            what = f"a {saved['task']} run" if saved.get("task") != config.task else "a run"
+            raise RunError(f"{self.run_dir}: already holds {what}; pass --resume to continue it or choose another --out (nothing was overwritten)")
+        if self.run_dir.exists() and any(self.run_dir.iterdir()):
+            raise RunError(f"{self.run_dir}: exists and is not empty; choose another --out (nothing was overwritten)")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+
+    def copy_dataset(self, source: Path, task: Task) -> None:
+        """Start the run's dataset as a copy of ``source`` (checked to hold ``task`` data)."""
+        EpisodeDataset.open(source, task=task)  # raises DatasetError naming the problem
+        data = source / "data" if (source / "data").is_dir() else source
+        shutil.copytree(data, self.data_dir)
+        for journal in self.data_dir.glob("journal*"):
+            journal.unlink()
+
+    def save(self, state: dict[str, Any], agent: "A2CAgent", model: WorldModel, generator: torch.Generator) -> None:
+        """Write a complete checkpoint atomically."""
+        tmp = self.run_dir / "checkpoint.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        torch.save(agent.state_dict(), tmp / "agent.pt")
+        model.save(tmp / "model")
+        training = {
+            "model_optimizer": None if model.optimizer is None else model.optimizer.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "generator": generator.get_state(),
+        }
+        torch.save(training, tmp / "training.pt")
+        (tmp / "state.json").write_text(json.dumps(state) + "\n")
+        old = self.run_dir / "checkpoint.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if self.dir.exists():
+            self.dir.rename(old)
+        tmp.rename(self.dir)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def load(self, agent: "A2CAgent", model: WorldModel, generator: torch.Generator) -> dict[str, Any]:
+        """Restore agent, model, optimizers and RNGs in place; roll the dataset back; return the state."""
+        try:
+            state = json.loads((self.dir / "state.json").read_text())
+            agent.load_state_dict(torch.load(self.dir / "agent.pt", map_location=agent.device, weights_only=True))
+            model.load_state_dict(WorldModel.load(self.dir / "model", task=model.task, device=model.device).state_dict())
+            training = torch.load(self.dir / "training.pt", weights_only=True)
+        except (OSError, RuntimeError, KeyError, ValueError, json.JSONDecodeError) as err:
+            raise RunError(f"{self.dir}: corrupt checkpoint ({type(err).__name__}: {err}); start a new run in another --out") from err
+        if training["model_optimizer"] is not None:
+            _optimizer(model).load_state_dict(training["model_optimizer"])
+        torch.set_rng_state(training["torch_rng"])
+        generator.set_state(training["generator"])
+        self._roll_back_dataset(state["num_episodes"], model.task)
+        return state
+
+    def _roll_back_dataset(self, num_episodes: int, task: Task) -> None:
+        try:
+            data = EpisodeDataset.open(self.data_dir, task=task)
+        except DatasetError as err:
+            raise RunError(f"{self.data_dir}: the run's dataset cannot be opened ({err})") from err
+        if data.num_episodes == num_episodes:
+            return
+        if data.num_episodes < num_episodes:
+            raise RunError(f"{self.data_dir}: holds {data.num_episodes} episodes but the checkpoint saw {num_episodes}; the dataset was altered")
+        backup = self.run_dir / f"data.rolled-back-{data.num_episodes}"
+        episodes = [data.episode(i) for i in range(num_episodes)]
+        meta = data.metadata
+        self.data_dir.rename(backup)
+        with DatasetWriter(self.data_dir, task, policy=meta.get("algorithm_name", "unknown"), description=meta.get("description", ""), dataset_id=meta.get("dataset_id")) as writer:
+            for e in episodes:
+                writer.add_episode(e.observations, e.actions, e.rewards, e.terminations, e.truncations, seed=e.seed)

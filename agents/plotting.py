@@ -1,0 +1,104 @@
+"""Learning curves (paper Figure 2 style) and the final-return table (paper Table I layout) from run CSVs."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from agents.run_log import CSV_NAME, COLUMNS
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One run's evaluation curve."""
+
+    algo: str
+    task: str
+    seed: int
+    steps: np.ndarray
+    returns: np.ndarray
+
+
+def read_runs(paths: list[str | Path]) -> list[Curve]:
+    """Read ``progress.csv`` of each run directory (or CSV file) given; clear error for anything else."""
+    import csv
+
+    curves = []
+    for path in map(Path, paths):
+        csv_path = path / CSV_NAME if path.is_dir() else path
+        if not csv_path.is_file():
+            raise FileNotFoundError(f"{csv_path}: no such file; pass run directories written by `agd train`/`agd baseline` or their {CSV_NAME}")
+        with csv_path.open(newline="") as f:
+            rows = [r for r in csv.DictReader(f) if r.get("eval_return_mean")]
+        if not rows or set(COLUMNS) - set(rows[0]):
+            raise ValueError(f"{csv_path}: not an agd progress log (columns {COLUMNS})")
+        curves.append(Curve(
+            algo=rows[0]["algo"], task=rows[0]["task"], seed=int(rows[0]["seed"]),
+            steps=np.array([float(r["real_steps"]) for r in rows]),
+            returns=np.array([float(r["eval_return_mean"]) for r in rows]),
+        ))  # fmt: skip
+    return curves
+
+
+def _group(curves: list[Curve]) -> dict[str, dict[str, list[Curve]]]:
+    groups: dict[str, dict[str, list[Curve]]] = defaultdict(lambda: defaultdict(list))
+    for curve in curves:
+        groups[curve.task][curve.algo].append(curve)
+    return groups
+
+
+def mean_and_stderr(curves: list[Curve]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean and standard error over seeds on the steps all seeds reached (``steps, mean, stderr``)."""
+    length = min(len(c.steps) for c in curves)
+    returns = np.stack([c.returns[:length] for c in curves])
+    stderr = returns.std(axis=0, ddof=1) / np.sqrt(len(curves)) if len(curves) > 1 else np.zeros(length)
+    return curves[0].steps[:length], returns.mean(axis=0), stderr
+
+
+def plot(curves: list[Curve], out: str | Path) -> Path:
+    """One panel per task: mean ± standard error over seeds per algorithm; writes a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = _group(curves)
+    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3.8), squeeze=False)
+    for ax, (task, algos) in zip(axes[0], sorted(groups.items())):
+        for algo, runs in sorted(algos.items()):
+            steps, mean, stderr = mean_and_stderr(runs)
+            ax.plot(steps, mean, label=f"{algo} ({len(runs)} seed{'s' if len(runs) > 1 else ''})")
+            ax.fill_between(steps, mean - stderr, mean + stderr, alpha=0.25)
+        ax.set_title(task)
+        ax.set_xlabel("real environment steps")
+        ax.set_ylabel("evaluation return")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def table(curves: list[Curve]) -> str:
+    """Markdown table (tasks x algorithms) of the final evaluation return: mean ± standard error over seeds."""
+    groups = _group(curves)
+    algos = sorted({c.algo for c in curves})
+    lines = ["| task | " + " | ".join(algos) + " |", "|---" * (len(algos) + 1) + "|"]
+    for task, by_algo in sorted(groups.items()):
+        cells = []
+        for algo in algos:
+            runs = by_algo.get(algo)
+            if not runs:
+                cells.append("–")
+                continue
+            finals = np.array([c.returns[-1] for c in runs])
+            se = finals.std(ddof=1) / np.sqrt(len(finals)) if len(finals) > 1 else 0.0
+            steps = int(min(c.steps[-1] for c in runs))
+            cells.append(f"{finals.mean():.1f} ± {se:.1f} (n={len(runs)}, {steps // 1000}k)")
+        lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

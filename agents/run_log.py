@@ -1,0 +1,74 @@
+"""Run logs: one CSV row per evaluation (the columns every algorithm writes) and TensorBoard scalars."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+CSV_NAME = "progress.csv"
+COLUMNS = (
+    "algo", "task", "seed", "real_steps", "wall_seconds", "steps_per_second",
+    "eval_return_mean", "eval_return_std", "eval_return_stderr", "eval_episodes",
+    "model_loss", "actor_loss", "critic_loss", "entropy", "imagined_reward", "imagined_advantage",
+)  # fmt: skip
+"""CSV columns shared by ``agd train`` and ``agd baseline`` so ``agd plot``/``agd table`` read both."""
+
+
+class RunLog:
+    """Appends rows to ``<run>/progress.csv`` (and TensorBoard when installed); truncatable on resume."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True) -> None:
+        self.path = Path(run_dir) / CSV_NAME
+        self._tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(Path(run_dir) / "tb"))
+            except ImportError:  # tensorboard is an optional extra
+                self._tb = None
+
+    def rows(self) -> list[dict[str, str]]:
+        """The rows written so far."""
+        if not self.path.exists():
+            return []
+        with self.path.open(newline="") as f:
+            return list(csv.DictReader(f))
+
+    def truncate(self, num_rows: int) -> None:
+        """Keep the first ``num_rows`` rows (resuming from a checkpoint taken when there were that many)."""
+        rows = self.rows()[:num_rows]
+        tmp = self.path.with_suffix(".tmp")
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+        tmp.replace(self.path)
+
+    def append(self, row: dict[str, Any]) -> None:
+        """Write one row (missing columns left empty) and mirror numeric values to TensorBoard."""
+        unknown = set(row) - set(COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown log columns {sorted(unknown)}; known: {COLUMNS}")
+        new = not self.path.exists()
+        with self.path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            if new:
+                writer.writeheader()
+            writer.writerow({k: _fmt(v) for k, v in row.items()})
+        if self._tb is not None:
+            step = int(row["real_steps"])
+            for key, value in row.items():
+                if isinstance(value, (int, float)) and key not in ("real_steps", "seed"):
+                    self._tb.add_scalar(key, value, step)
+            self._tb.flush()
+
+    def close(self) -> None:
+        """Close the TensorBoard writer."""
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _fmt(value: Any) -> Any:
+    return f"{value:.6g}" if isinstance(value, float) else value

@@ -1,0 +1,286 @@
+"""AGDTrainer: the paper's Algorithm 1 — real data -> world model -> guided imagination -> A2C.
+
+One iteration (``iteration_steps`` real steps):
+
+1. collect real transitions with the current (stochastic) policy into the run's HDF5 dataset;
+2. fit the world model on all data so far (``model_updates_per_step`` updates per real step);
+3. imagine segments with the guide (``joint``: the paper's Algorithm 2, whole H-step segments with
+   policy-guided actions; ``closed-loop``: the agent acts step by step in the DreamVectorEnv) and
+   take ``agent_updates_per_step`` A2C updates per real step;
+4. evaluate on the real env every ``eval_every`` steps (mean action) and log a CSV row;
+5. checkpoint every ``checkpoint_every`` steps (resumable bit-identically on CPU).
+
+PolyGRAD (guide ``none``) and Online Diffuser (guide ``reward``) are this same loop with another guide.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from agd_envs.collector import RealEnvCollector
+from agd_envs.datasets import DatasetWriter, EpisodeDataset
+from agd_envs.defaults import default_dataset_path
+from agd_envs.guides import get_guide
+from agd_envs.sampling import Imagined, imagine
+from agd_envs.tasks import get_task
+from agd_envs.world_model import WorldModel, WorldModelConfig
+from agents.a2c import A2CAgent, A2CConfig
+from agents.checkpoint import RunCheckpoint
+from agents.evaluation import evaluate
+from agents.run_log import RunLog
+
+IMAGINATION_MODES = ("joint", "closed-loop")
+
+
+@dataclass
+class TrainerConfig:
+    """Everything that defines an AGD-MBRL run (written to ``<run>/config.json``)."""
+
+    task: str = "Hopper"
+    """Task short name."""
+    guide: str = "eag"
+    """``eag`` | ``sag`` | ``reward`` (Online Diffuser) | ``none`` (PolyGRAD)."""
+    steps: int = 100_000
+    """Real environment steps to train for (after the warm start / prefill)."""
+    seed: int = 0
+    """Seeds torch, the real envs and imagination."""
+    imagination: str = "joint"
+    """``joint`` (paper Algorithm 2) or ``closed-loop`` (the agent steps the DreamVectorEnv)."""
+    alpha: float | None = None
+    """Guide scale (None: the task's default, ``Task.guide_scale``)."""
+    warm_start: str | None = "shipped"
+    """Dataset to start from: ``shipped`` (the task's dataset in ``datasets/``), a path, or None
+    (then ``prefill_steps`` uniform-random real steps, as the reference's prefill)."""
+    prefill_steps: int = 5000
+    """Random real steps when ``warm_start`` is None (not counted in ``steps``)."""
+    num_envs: int = 1
+    """Real sub-environments stepped together."""
+    iteration_steps: int = 1000
+    """Real steps per iteration (between model/agent phases)."""
+    model_preset: str = "cpu"
+    """World-model preset (``cpu`` or ``paper``)."""
+    model_pretrain_updates: int = 2000
+    """World-model updates on the warm-start/prefill data before the first iteration."""
+    model_updates_per_step: float = 0.25
+    """World-model updates per real step (reference: 1.0; CPU default lower, see README)."""
+    agent_updates_per_step: float = 0.05
+    """A2C updates per real step (reference: 0.25)."""
+    imagination_batch: int = 256
+    """Segments (joint) or dream envs (closed-loop) per A2C update (reference: 512)."""
+    sampling_steps: int | None = None
+    """Reverse diffusion steps (None: the model's default)."""
+    eval_every: int = 5000
+    """Real steps between evaluations."""
+    eval_episodes: int = 10
+    """Real episodes per evaluation (mean action)."""
+    checkpoint_every: int = 5000
+    """Real steps between checkpoints (a multiple of ``iteration_steps``)."""
+    device: str = "cpu"
+    """Torch device of the world model and the agent."""
+    a2c: dict[str, Any] = field(default_factory=dict)
+    """Overrides of A2CConfig fields."""
+
+    def __post_init__(self) -> None:
+        self.task = get_task(self.task).name
+        get_guide(self.guide)  # raises with the valid names
+        if self.imagination not in IMAGINATION_MODES:
+            raise ValueError(f"imagination must be one of {IMAGINATION_MODES}, got {self.imagination!r}")
+        for name in ("eval_every", "checkpoint_every"):
+            if getattr(self, name) % self.iteration_steps:
+                raise ValueError(f"{name}={getattr(self, name)} must be a multiple of iteration_steps={self.iteration_steps}")
+        if self.iteration_steps % self.num_envs:
+            raise ValueError(f"iteration_steps={self.iteration_steps} must be a multiple of num_envs={self.num_envs}")
+
+    @classmethod
+    def for_task(cls, task: str, **overrides: Any) -> "TrainerConfig":
+        """Per-task defaults (the one place they live), then ``overrides``."""
+        name = get_task(task).name
+        fields = {**TASK_DEFAULTS.get(name, {}), **overrides}
+        return cls(task=name, **fields)
+
+
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    # Reacher episodes are 50 steps: evaluate more episodes for a tight standard error.
+    "Reacher": {"eval_episodes": 20, "eval_every": 2000, "checkpoint_every": 2000},
+    "Hopper": {},
+    "Walker2d": {},
+    "HalfCheetah": {"eval_episodes": 5},
+}
+
+
+class AGDTrainer:
+    """Runs (or resumes) one AGD-MBRL training run in ``run_dir``."""
+
+    def __init__(self, config: TrainerConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True) -> None:
+        self.config, self.run_dir, self.progress = config, Path(run_dir), progress
+        self.task = get_task(config.task)
+        self.checkpoint = RunCheckpoint(self.run_dir)
+        self.checkpoint.prepare(config, resume)
+        torch.manual_seed(config.seed)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.log = RunLog(self.run_dir)
+        self.agent = A2CAgent(
+            self.task.obs_dim, self.task.act_dim, A2CConfig(**config.a2c),
+            action_low=self.task.action_low, action_high=self.task.action_high, device=config.device,
+        )  # fmt: skip
+        overrides = {} if config.sampling_steps is None else {"sampling_steps": config.sampling_steps}
+        self.model = WorldModel(WorldModelConfig.preset(config.model_preset, self.task, **overrides)).to(config.device)
+        self.real_steps, self.start_time, self.elapsed_before = 0, time.perf_counter(), 0.0
+        self.last: dict[str, float] = {}
+        self.collector = self._start(resume)
+
+    # ---------------------------------------------------------------- setup
+    def _start(self, resume: bool) -> RealEnvCollector:
+        data_dir = self.checkpoint.data_dir
+        if resume:
+            state = self.checkpoint.load(self.agent, self.model, self.generator)
+            self.real_steps, self.elapsed_before = state["real_steps"], state["wall_seconds"]
+            self.log.truncate(state["log_rows"])
+            collector = self._collector(DatasetWriter(data_dir, self.task))
+            collector.load_state_dict(state["collector"])
+            return collector
+        cfg = self.config
+        if cfg.warm_start is not None:
+            source = default_dataset_path(self.task) if cfg.warm_start == "shipped" else Path(cfg.warm_start)
+            self.checkpoint.copy_dataset(source, self.task)
+            collector = self._collector(DatasetWriter(data_dir, self.task))
+        else:
+            collector = self._collector(DatasetWriter(data_dir, self.task, policy="agd-train"))
+            collector.collect("random", cfg.prefill_steps)
+        collector.writer.checkpoint()
+        self.model.fit(self._dataset(), cfg.model_pretrain_updates, generator=self.generator, progress=self.progress)
+        self._evaluate_and_log({})
+        return collector
+
+    def _collector(self, writer: DatasetWriter) -> RealEnvCollector:
+        return RealEnvCollector(self.task, writer, num_envs=self.config.num_envs, seed=self.config.seed, progress=False)
+
+    def _dataset(self) -> EpisodeDataset:
+        return EpisodeDataset.open(self.checkpoint.data_dir, task=self.task)
+
+    # ---------------------------------------------------------------- the loop
+    def train(self) -> list[dict[str, str]]:
+        """Run iterations until ``config.steps`` real steps; return the logged rows."""
+        cfg = self.config
+        bar = tqdm(total=cfg.steps, initial=self.real_steps, desc=f"agd train {self.task.name} {cfg.guide}", unit="step", disable=not self.progress, dynamic_ncols=True)
+        while self.real_steps < cfg.steps:
+            metrics = self.iteration()
+            bar.update(cfg.iteration_steps)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if k in ("eval_return_mean", "model_loss", "steps_per_second")})
+        bar.close()
+        self.collector.writer.checkpoint()
+        self.log.close()
+        return self.log.rows()
+
+    def iteration(self) -> dict[str, float]:
+        """One pass of Algorithm 1 over ``iteration_steps`` real steps; returns the latest metrics."""
+        cfg = self.config
+        self.collector.collect(lambda obs: self.agent.act(obs), cfg.iteration_steps)
+        self.collector.writer.checkpoint()  # the reader below sees every finished episode
+        self.real_steps += cfg.iteration_steps
+        dataset = self._dataset()
+        model_log = self.model.fit(dataset, round(cfg.model_updates_per_step * cfg.iteration_steps), generator=self.generator, progress=False)
+        metrics: dict[str, float] = {"model_loss": model_log[-1]["loss"]} if model_log else {}
+        for _ in range(round(cfg.agent_updates_per_step * cfg.iteration_steps)):
+            metrics.update(self._agent_update(dataset))
+        self.last.update(metrics)
+        if self.real_steps % cfg.eval_every == 0:
+            self._evaluate_and_log(self.last)
+        if self.real_steps % cfg.checkpoint_every == 0 or self.real_steps >= cfg.steps:
+            self.checkpoint.save(self._state(), self.agent, self.model, self.generator)
+        return {**self.last, "steps_per_second": self.real_steps / max(self._wall(), 1e-9)}
+
+    def _agent_update(self, dataset: EpisodeDataset) -> dict[str, float]:
+        cfg = self.config
+        s0 = dataset.sample_segments(cfg.imagination_batch, self.model.config.horizon, generator=self.generator).states[:, 0]
+        s0 = s0.to(self.model.device)
+        if cfg.imagination == "joint":
+            segments = imagine(self.model, s0, self.agent.actor, self.agent.critic, guide=cfg.guide, alpha=cfg.alpha, generator=self._device_generator())
+            stats = self.agent.update(segments)
+        else:
+            segments, stats = self._closed_loop_update(dataset, s0)
+        stats["imagined_reward"] = float(segments.rewards.mean())
+        if segments.advantages is not None:
+            stats["imagined_advantage"] = float(segments.advantages.mean())
+        return stats
+
+    def _closed_loop_update(self, dataset: EpisodeDataset, s0: torch.Tensor) -> tuple[Imagined, dict[str, float]]:
+        """The agent acts step by step in a DreamVectorEnv batch started at ``s0``; one A2C update."""
+        from agd_envs.dream_env import DreamVectorEnv
+
+        cfg = self.config
+        critic = self.agent.critic if cfg.guide in ("eag", "sag") else None
+        env = DreamVectorEnv(self.task, num_envs=len(s0), model=self.model, critic=critic, guide=cfg.guide, alpha=cfg.alpha, dataset=dataset, device=cfg.device)
+        obs, _ = env.reset(seed=int(torch.randint(0, 2**31 - 1, (1,), generator=self.generator)), options={"initial_state": s0.cpu().numpy()})
+        rows: dict[str, list[np.ndarray]] = {k: [] for k in ("obs", "actions", "rewards", "next_obs", "terminated", "truncated")}
+        for _ in range(self.model.config.horizon):
+            with torch.no_grad():
+                actions = self.agent.actor(torch.as_tensor(obs, device=cfg.device)).sample().cpu().numpy()
+            next_obs, rewards, terminated, truncated, info = env.step(actions)
+            true_next = next_obs.copy()
+            if "final_obs" in info:
+                ended = info["_final_obs"]
+                true_next[ended] = np.stack(info["final_obs"][ended])
+            for key, value in zip(rows, (obs, actions, rewards, true_next, terminated, truncated)):
+                rows[key].append(value)
+            obs = next_obs
+        env.close()
+        arrays = {k: np.stack(v) for k, v in rows.items()}  # T x N x ...
+        stats = self.agent.update_from_transitions(**arrays)
+        states = np.concatenate([arrays["obs"], arrays["next_obs"][-1:]], axis=0)
+        imagined = Imagined(
+            states=torch.as_tensor(states).transpose(0, 1), actions=torch.as_tensor(arrays["actions"]).transpose(0, 1),
+            rewards=torch.as_tensor(arrays["rewards"]).transpose(0, 1), terminations=torch.as_tensor(arrays["terminated"]).transpose(0, 1),
+            advantages=None,
+        )  # fmt: skip
+        return imagined, stats
+
+    def _device_generator(self) -> torch.Generator:
+        """A generator on the model's device, seeded from the trainer's CPU generator (reproducible)."""
+        seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
+        return torch.Generator(device=self.model.device).manual_seed(seed)
+
+    # ---------------------------------------------------------------- logging and state
+    def _wall(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.start_time
+
+    def _evaluate_and_log(self, metrics: dict[str, float]) -> None:
+        cfg = self.config
+        result = evaluate(self.task, lambda obs: self.agent.act(obs, deterministic=True), cfg.eval_episodes, seed=10_000 + cfg.seed)
+        row = {
+            "algo": f"agd-{cfg.guide}", "task": self.task.name, "seed": cfg.seed, "real_steps": self.real_steps,
+            "wall_seconds": self._wall(), "steps_per_second": self.real_steps / max(self._wall(), 1e-9),
+            "eval_return_mean": result.mean, "eval_return_std": result.std, "eval_return_stderr": result.stderr,
+            "eval_episodes": cfg.eval_episodes,
+            **{k: metrics[k] for k in ("model_loss", "actor_loss", "critic_loss", "entropy", "imagined_reward", "imagined_advantage") if k in metrics},
+        }  # fmt: skip
+        self.log.append(row)
+        self.last["eval_return_mean"] = result.mean
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "real_steps": self.real_steps,
+            "wall_seconds": self._wall(),
+            "log_rows": len(self.log.rows()),
+            "num_episodes": self.collector.writer.num_episodes,
+            "collector": self.collector.state_dict(),
+            "config": dataclasses.asdict(self.config),
+        }
+
+
+def config_from_run(run_dir: str | Path) -> TrainerConfig:
+    """The TrainerConfig saved in a run directory."""
+    path = Path(run_dir) / "config.json"
+    try:
+        return TrainerConfig(**json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: missing; {run_dir} is not an `agd train` run directory") from None
