@@ -95,7 +95,7 @@ class RunCheckpoint:
             agent.load_state_dict(torch.load(self.dir / "agent.pt", map_location=agent.device, weights_only=True))
             model.load_state_dict(WorldModel.load(self.dir / "model", task=model.task, device=model.device).state_dict())
             training = torch.load(self.dir / "training.pt", weights_only=True)
-        except (OSError, RuntimeError, KeyError, ValueError, json.JSONDecodeError) as err:
+        except Exception as err:  # torch raises pickle, zip and runtime errors for damaged files
             raise RunError(f"{self.dir}: corrupt checkpoint ({type(err).__name__}: {err}); start a new run in another --out") from err
         if training["model_optimizer"] is not None:
             _optimizer(model).load_state_dict(training["model_optimizer"])

@@ -20,14 +20,7 @@ class RunLog:
 
     def __init__(self, run_dir: Path, tensorboard: bool = True) -> None:
         self.path = Path(run_dir) / CSV_NAME
-        self._tb = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self._tb = SummaryWriter(str(Path(run_dir) / "tb"))
-            except ImportError:  # tensorboard is an optional extra
-                self._tb = None
+        self._tensorboard, self._tb = tensorboard, None
 
     def rows(self) -> list[dict[str, str]]:
         """The rows written so far."""
@@ -57,6 +50,13 @@ class RunLog:
             if new:
                 writer.writeheader()
             writer.writerow({k: _fmt(v) for k, v in row.items()})
+        if self._tensorboard and self._tb is None:  # opened on first write: a refused run leaves no file
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.path.parent / "tb"))
+            except ImportError:  # tensorboard is an optional extra
+                self._tensorboard = False
         if self._tb is not None:
             step = int(row["real_steps"])
             for key, value in row.items():

@@ -88,6 +88,8 @@ class TrainerConfig:
     """Torch device of the world model and the agent."""
     a2c: dict[str, Any] = field(default_factory=dict)
     """Overrides of A2CConfig fields."""
+    model: dict[str, Any] = field(default_factory=dict)
+    """Overrides of the world-model preset's WorldModelConfig fields (e.g. ``{"width": 256}``)."""
 
     def __post_init__(self) -> None:
         self.task = get_task(self.task).name
@@ -132,7 +134,9 @@ class AGDTrainer:
             self.task.obs_dim, self.task.act_dim, A2CConfig(**config.a2c),
             action_low=self.task.action_low, action_high=self.task.action_high, device=config.device,
         )  # fmt: skip
-        overrides = {} if config.sampling_steps is None else {"sampling_steps": config.sampling_steps}
+        overrides = dict(config.model)
+        if config.sampling_steps is not None:
+            overrides["sampling_steps"] = config.sampling_steps
         self.model = WorldModel(WorldModelConfig.preset(config.model_preset, self.task, **overrides)).to(config.device)
         self.real_steps, self.start_time, self.elapsed_before = 0, time.perf_counter(), 0.0
         self.last: dict[str, float] = {}

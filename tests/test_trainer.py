@@ -1,0 +1,83 @@
+"""AGDTrainer: resume replays bit-identically; run directories refuse bad use without losing data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agd_envs.cli import main as agd_main
+from agents.checkpoint import RunError
+from agents.trainer import AGDTrainer, TrainerConfig
+
+TINY_MODEL = {"width": 64, "depth": 1, "embed_dim": 32, "diffusion_steps": 8, "sampling_steps": 2, "batch_size": 64}
+
+
+def tiny_config(**overrides) -> TrainerConfig:
+    fields = dict(
+        steps=600, iteration_steps=200, eval_every=200, checkpoint_every=200, eval_episodes=2,
+        model_pretrain_updates=20, model_updates_per_step=0.05, agent_updates_per_step=0.02,
+        imagination_batch=32, model=TINY_MODEL,
+    )  # fmt: skip
+    fields.update(overrides)
+    return TrainerConfig.for_task("Reacher", **fields)
+
+
+def _returns(rows: list[dict[str, str]]) -> list[tuple[str, str, str]]:
+    return [(r["real_steps"], r["eval_return_mean"], r["actor_loss"]) for r in rows]
+
+
+@pytest.mark.parametrize("imagination", ["joint", "closed-loop"])
+def test_interrupted_then_resumed_run_logs_the_same_returns(tmp_path: Path, imagination: str) -> None:
+    config = tiny_config(imagination=imagination)
+    full = AGDTrainer(config, tmp_path / "full", progress=False).train()
+    assert len(full) == 4  # the evaluation before training, then one per 200 steps
+
+    interrupted = AGDTrainer(config, tmp_path / "split", progress=False)
+    interrupted.iteration()
+    interrupted.iteration()  # checkpointed at 400 steps
+    # Simulate a crash after the checkpoint: more real data and log rows than the checkpoint saw.
+    interrupted.collector.collect(lambda obs: interrupted.agent.act(obs), 150)
+    interrupted.collector.writer.checkpoint()
+    interrupted.log.append({"algo": "junk", "task": "Reacher", "seed": 0, "real_steps": 999})
+    del interrupted
+    resumed = AGDTrainer(config, tmp_path / "split", resume=True, progress=False).train()
+    assert _returns(resumed) == _returns(full)
+    assert any(p.name.startswith("data.rolled-back-") for p in (tmp_path / "split").iterdir()), "rolled-back data kept"
+
+
+def test_run_directory_errors_overwrite_nothing(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    with pytest.raises(RunError, match="no run to resume"):
+        AGDTrainer(tiny_config(), run, resume=True, progress=False)
+    AGDTrainer(tiny_config(steps=200), run, progress=False).train()
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    with pytest.raises(RunError, match="already holds a run; pass --resume"):
+        AGDTrainer(tiny_config(), run, progress=False)
+    hopper = TrainerConfig.for_task("Hopper", steps=200, iteration_steps=200, eval_every=200, checkpoint_every=200)
+    with pytest.raises(RunError, match="holds a Reacher run, not Hopper"):
+        AGDTrainer(hopper, run, resume=True, progress=False)
+    (run / "checkpoint" / "agent.pt").write_bytes(b"not a checkpoint")
+    before[run / "checkpoint" / "agent.pt"] = (run / "checkpoint" / "agent.pt").stat().st_mtime_ns
+    with pytest.raises(RunError, match="corrupt checkpoint"):
+        AGDTrainer(tiny_config(), run, resume=True, progress=False)
+    after = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    assert after == before
+
+
+def test_bad_config_values_name_the_fix() -> None:
+    with pytest.raises(ValueError, match="Did you mean 'Hopper'"):
+        TrainerConfig.for_task("Hoper")
+    with pytest.raises(ValueError, match="eag"):
+        TrainerConfig.for_task("Hopper", guide="advantage")
+    with pytest.raises(ValueError, match="multiple of iteration_steps"):
+        TrainerConfig.for_task("Hopper", eval_every=1500)
+
+
+def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        agd_main(["train", "--task", "Reacher", "--guide", "vibes", "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit) as exit_info:
+        agd_main(["train", "--resume", "--out", str(tmp_path / "nothing")])
+    assert exit_info.value.code == 2
+    assert "not an `agd train` run directory" in capsys.readouterr().err
