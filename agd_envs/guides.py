@@ -24,6 +24,10 @@ Choices, each against the reference implementation (reference notes §3, §7):
   segment holds s_0..s_{H-1} only and therefore drops the last transition.
 - eag/sag move states only (the paper's choice: rewards are entries of A_t but are detached), so
   the tilt acts on the state marginal; the reward guide has nothing else to move.
+- note what the EAG sum is: sum_t A_t = sum_t r_t + gamma V(s_H) - V(s_0) + (gamma - 1) sum_{0<t<H} V(s_t)
+  (no terminations), so with gamma near 1 EAG mostly pulls the LAST state towards value and pushes
+  the middle ones slightly away; SAG's sigmoid(-A_t) weights break the telescoping. (The reference,
+  summing to H-2, does the same to s_{H-1}.)
 - gradients that are not finite are replaced by 0 (a critic that overflows must not poison the
   sample); the sampler additionally clips the resulting shift (agd_envs.sampling).
 

@@ -26,16 +26,17 @@ still guides deterministic DDIM, where Sigma = 0. Two estimates of Cov[x0 | x_t]
   estimate back at the next step.
 - ``guide_mode="dps"``: Tweedie's Cov[x0|x_t] = (1 - ab_t)/sqrt(ab_t) d x0_hat / d x_t, applied as
   (1 - ab_t)/sqrt(ab_t) grad_{x_t} log f(x0_hat(x_t)) by autograd through ``model.denoise``. Exact for
-  any Gaussian data and linear log f; about 2-3x the cost of a step. The shift then also moves
-  entries correlated with the guided ones (e.g. rewards correlated with states), as the tilt does.
+  any Gaussian data and linear log f; costs a backward pass through the denoiser per step (measured
+  +10-35% per call over the x0 guide, benchmarks/sampling.py). The shift then also moves entries
+  correlated with the guided ones (e.g. rewards correlated with states), as the tilt does.
 
 Relation to the reference code (AGD-MBRL, reference notes §3): it adds c * sigma_t^4 * G to the
 normalized state part of x0_hat (sigma_t^2 the DDPM posterior variance, c = 2..4 hard-coded, G taken
 from a critic fed normalized states). That is our update with a step-dependent
 alpha_t = c sigma_t^4 / (1 - ab_t): for c = 4, N = 128, tau = 1 it is 8e-5 at t = 1, 4.5e-3 at
 t = 64, 0.22 at t = 120 and 2.3 at t = 126, so nearly all of its guidance happens in the last,
-noisiest steps, and none at all with few-step DDIM. Ours is one constant alpha (alpha = 1: the Bayes
-tilt), a real-unit critic, and the same code for DDPM and DDIM.
+noisiest steps (and a Sigma-scaled step vanishes in DDIM, where Sigma = 0). Ours is one constant alpha
+(alpha = 1: the Bayes tilt), a real-unit critic, and the same code for DDPM and DDIM.
 
 Stability. Gradients that are not finite are replaced by 0 (agd_envs.guides) and the shift
 alpha * Cov * g is clipped per entry to +-``max_shift`` z-score units (default 3.0: three standard
@@ -52,7 +53,8 @@ converge in the 4-8 DDIM steps we use. Default (``action_guidance="reparam"``): 
 policy sample with the noise fixed per segment, a_t = mean(s_hat_t) + std(s_hat_t) * xi_t, xi drawn
 once; re-evaluated after every step at the new estimate, so the returned actions are an exact policy
 sample given the returned states (and A2C can use them as such). At the first step only actions whose
-states are known (a_t, t < num_known_states) exist; the others are masked for that one call.
+states are known (a_t, t < num_known_states) exist; the others are masked for that one call, which is
+the prefix pattern the world model is trained on (agd_envs/training.py).
 ``action_guidance="grad"`` is PolyGRAD's variant (actions start N(0, I) normalized; per step clamp to
 mean +- 3 std, one step of size ``action_guidance_scale`` along grad log pi for a Gaussian policy,
 plus sqrt(Sigma_t) noise). An actor that returns a tensor is deterministic: a_t = actor(s_hat_t).

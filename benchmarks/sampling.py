@@ -110,7 +110,7 @@ def main() -> None:
     for row in rows:
         print(f"{row['pattern']:>16} B={row['batch']:<5} {row['guide']:>6} {row['mode']:>3}: "
               f"{1e3 * row['seconds']:8.1f} ms/call  {row['segments_per_s']:10.0f} segments/s")  # fmt: skip
-    name = f"sampling_{args.task.lower()}_{args.preset}_{device.type}"
+    name = f"sampling_{args.task.lower()}_{args.preset}_{device.type}" + ("_bf16" if args.dtype == "bfloat16" else "")
     write_result(name, {"task": task.name, "preset": args.preset, "device": str(device), "dtype": args.dtype,
                         "parameters": model.num_parameters(), "horizon": horizon, "rows": rows})  # fmt: skip
 
