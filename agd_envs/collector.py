@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any, Callable, Protocol, Union
 
 import gymnasium as gym
 import mujoco
@@ -19,7 +19,7 @@ import torch
 from gymnasium.vector import AutoresetMode
 from tqdm.auto import tqdm
 
-from agd_envs.datasets import DatasetWriter
+from agd_envs.datasets import DatasetWriter, EpisodeDataset
 from agd_envs.policies import SCRIPTED_POLICIES
 from agd_envs.tasks import Task, get_task
 
@@ -28,6 +28,12 @@ from agd_envs.tasks import Task, get_task
 _SIM_STATE = mujoco.mjtState.mjSTATE_INTEGRATION
 
 Policy = Callable[[np.ndarray], Union[np.ndarray, torch.Tensor]]
+
+
+class Refittable(Protocol):
+    """A model trained on a dataset in place (``agd_envs.world_model.WorldModel`` satisfies it)."""
+
+    def fit(self, dataset: EpisodeDataset, steps: int, **kwargs: Any) -> Any: ...
 
 
 @dataclass
@@ -147,6 +153,26 @@ class RealEnvCollector:
         bar.close()
         self._obs = obs
         return finished
+
+    def refit(self, model: Refittable, steps: int, **fit_kwargs: Any) -> Any:
+        """Train ``model`` in place for ``steps`` updates on every episode finished so far; returns ``model.fit``'s log.
+
+        The writer is checkpointed (so the dataset on disk holds every finished episode; episodes still
+        in flight are not included) and reopened as an :class:`EpisodeDataset`. Refitting in place keeps
+        the model object: live dream envs hold a reference to it and step with the new weights (and, as
+        ``fit`` refits the normalizer from all the data by default, the new statistics) from their next
+        ``step``. Their start states are the dataset they were built with; build a new env to draw from
+        the new episodes.
+
+        :param model: e.g. a WorldModel; its optimizer persists across refits.
+        :param steps: gradient updates.
+        :param fit_kwargs: passed to ``model.fit`` (``generator``, ``max_seconds``, ...; ``progress``
+            defaults to this collector's).
+        """
+        self.writer.checkpoint()
+        dataset = EpisodeDataset.open(self.writer.path, task=self.task)
+        fit_kwargs.setdefault("progress", self.progress)
+        return model.fit(dataset, steps, **fit_kwargs)
 
     def _write(self, buffer: _EpisodeBuffer, terminated: bool, truncated: bool) -> None:
         n = len(buffer.actions)

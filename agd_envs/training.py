@@ -87,8 +87,14 @@ def diffusion_loss(
     raw, x0_hat = model.predict_x0(model.network, x_t, t, actions, action_mask, x0, known_mask)
     prediction, target = (x0_hat, x0) if config.prediction == "x0" else (raw, noise)
     unknown = (~known_mask).to(x0.dtype)
-    weight = loss_weight(model.schedule, t, x0, config)
+    weight = loss_weight(model.schedule, t, x0, config) * entry_weights(layout, config.reward_weight, x0)
     return (weight * unknown * (prediction - target).square()).sum() / unknown.sum().clamp_min(1.0)
+
+
+def entry_weights(layout: SegmentLayout, reward_weight: float, like: torch.Tensor) -> torch.Tensor:
+    """``Dx`` loss weight per entry of x: 1 on states, ``reward_weight`` on rewards."""
+    state = layout.state_mask(like.device).to(like.dtype)
+    return state + (1.0 - state) * reward_weight
 
 
 @torch.no_grad()

@@ -102,7 +102,9 @@ class DeltaModel:
         target = self._targets(seg)
         return (self.net(x) - target).square().mean(dim=(-1, -2))
 
-    def fit(self, train: EpisodeDataset, val: EpisodeDataset, seconds: float, generator: torch.Generator) -> dict[str, Any]:
+    def fit(
+        self, train: EpisodeDataset, val: EpisodeDataset, seconds: float, generator: torch.Generator
+    ) -> dict[str, Any]:
         """Train for ``seconds``; keep each member's best-on-validation weights (checked every 250 updates)."""
         n_val = min(len(val.segment_starts(1)), 4096)
         val_seg = val.sample_segments(n_val, 1, indices=range(n_val))
@@ -171,7 +173,8 @@ def run_method(method: str, args: argparse.Namespace) -> dict[str, Any]:
     mean, std = (torch.as_tensor(v, dtype=torch.float32) for v in (stats.obs_mean, stats.obs_std))
     z_true = (seg.states - mean) / std
     r_true = (seg.rewards - float(stats.rew_mean)) / float(stats.rew_std)
-    out: dict[str, Any] = {"constant": {"state_mse": per_step_mse(z_true[:, :1].expand(-1, args.horizon, -1), z_true[:, 1:])}}
+    constant = z_true[:, :1].expand(-1, args.horizon, -1)
+    out: dict[str, Any] = {"constant": {"state_mse": per_step_mse(constant, z_true[:, 1:])}}
     if method == "diffusion":
         overrides = json.loads(args.overrides)
         model = WorldModel(WorldModelConfig.preset(args.preset, data.task, horizon=args.horizon, **overrides))
@@ -183,9 +186,12 @@ def run_method(method: str, args: argparse.Namespace) -> dict[str, Any]:
             cond = Conditioning.from_start(seg.states[:, 0], seg.actions)
             g = torch.Generator(device=args.device).manual_seed(0)
             imagined, ms = timed(lambda: sample(model, cond, steps=steps, generator=g), args.segments)
-            out[f"diffusion_{steps}"] = {"state_mse": per_step_mse((imagined.states[:, 1:].cpu() - mean) / std, z_true[:, 1:]),
-                                         "reward_mse": ((imagined.rewards.cpu() - float(stats.rew_mean)) / float(stats.rew_std) - r_true).square().mean().item(),
-                                         "ms_per_segment": ms}  # fmt: skip
+            rewards = (imagined.rewards.cpu() - float(stats.rew_mean)) / float(stats.rew_std)
+            out[f"diffusion_{steps}"] = {
+                "state_mse": per_step_mse((imagined.states[:, 1:].cpu() - mean) / std, z_true[:, 1:]),
+                "reward_mse": (rewards - r_true).square().mean().item(),
+                "ms_per_segment": ms,
+            }
     else:
         members = 1 if method == "mlp" else 5
         fit_part, val = train.split(0.9, seed=args.seed + 2)
@@ -213,6 +219,7 @@ def main() -> None:
     parser.add_argument("--parallel", action="store_true", help="one process per method, at the same time")
     parser.add_argument("--part", default=None, help=argparse.SUPPRESS)  # internal: a --parallel child's output
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)  # also what the result file records
 
     results: dict[str, Any] = {}
     if args.parallel and args.part is None:
@@ -236,7 +243,8 @@ def main() -> None:
     summary = {name: [round(v, 5) for v in r["state_mse"]] for name, r in results.items() if "state_mse" in r}
     print(json.dumps({"summary_state_mse_t1_to_H": summary}), file=sys.stderr)
     write_result("model_fidelity", {"dataset": args.dataset, "seconds_per_method": args.seconds,
-                                    "threads": args.threads, "parallel": args.parallel, "results": results})  # fmt: skip
+                                    "threads": args.threads, "parallel": args.parallel,
+                                    "results": results})  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ def linear_critic(obs: torch.Tensor) -> torch.Tensor:
 
 
 def _dataset(tmp_path_factory: pytest.TempPathFactory, task: str, steps: int) -> EpisodeDataset:
-    root = tmp_path_factory.mktemp(task.lower()) / f"{task.lower()}-random"
+    root = tmp_path_factory.mktemp(task.lower()) / f"{task.lower()}-mixed"  # the shipped-dataset name default_dataset_path looks for
     with RealEnvCollector(task, root, seed=0, progress=False) as collector:
         collector.collect("random", steps)
     return EpisodeDataset.open(root)
