@@ -2,9 +2,10 @@
 
 ``gym.make("AGD-Dream-Hopper", critic=...)`` with no ``model`` uses :func:`default_model`:
 
-1. a checkpoint cached in ``<cache>/models/<task>-cpu/`` (``<cache>`` = ``$AGD_ENVS_CACHE``, else
-   ``$XDG_CACHE_HOME/agd-envs``, else ``~/.cache/agd-envs``), written by an earlier call or by
-   ``agd fit ... --out <cache>/models/<task>-cpu``;
+1. a checkpoint cached in ``<cache>/models/<task>-cpu-<key>/`` (``<key>``: a hash of the recipe;
+   ``<cache>`` = ``$AGD_ENVS_CACHE``, else ``$XDG_CACHE_HOME/agd-envs``, else ``~/.cache/agd-envs``),
+   written by an earlier call or by
+   ``agd fit`` (the error message below prints the exact directory);
 2. otherwise a ``cpu``-preset model is trained once (progress bar) on the task's shipped
    dataset and cached there, so later calls load it in a second.
 
@@ -15,6 +16,8 @@ The shipped dataset ``<task>-mixed`` is looked up in ``$AGD_ENVS_DATASETS`` and 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import sys
@@ -43,9 +46,23 @@ def cache_dir() -> Path:
     return Path(base).expanduser() / "agd-envs"
 
 
+MODEL_REVISION = 2
+"""Bumped whenever a change of the code alters what a saved model means (2: states anchored on s_0)."""
+
+
 def default_model_dir(task: str | Task) -> Path:
-    """Cache directory of a task's default model checkpoint (``<cache>/models/<task>-cpu``)."""
-    return cache_dir() / "models" / f"{get_task(task).name.lower()}-{DEFAULT_PRESET}"
+    """Cache directory of a task's default model: ``<cache>/models/<task>-cpu-<key>``.
+
+    The key hashes the preset's config, the fit length and MODEL_REVISION, so a release that changes
+    any of them trains a fresh default model instead of loading a stale one.
+    """
+    from agd_envs.world_model import WorldModelConfig
+
+    name = get_task(task).name
+    recipe = {"config": WorldModelConfig.preset(DEFAULT_PRESET, name).to_dict(), "fit_steps": DEFAULT_FIT_STEPS,
+              "revision": MODEL_REVISION}  # fmt: skip
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:10]
+    return cache_dir() / "models" / f"{name.lower()}-{DEFAULT_PRESET}-{key}"
 
 
 def dataset_dirs() -> list[Path]:
@@ -60,7 +77,8 @@ def fix_commands(task: str | Task) -> str:
     data = f"datasets/{SHIPPED_DATASET.format(task=name.lower())}"
     return (
         f"agd collect --task {name} --steps {DEFAULT_COLLECT_STEPS} --policy mixed --num-envs 8 --out {data} && "
-        f"agd fit --task {name} --dataset {data} --preset {DEFAULT_PRESET} --out {default_model_dir(name)}"
+        f"agd fit --task {name} --dataset {data} --preset {DEFAULT_PRESET} --steps {DEFAULT_FIT_STEPS} "
+        f"--out {default_model_dir(name)}"
     )
 
 

@@ -6,11 +6,13 @@ no actor) with an untrained world model of the chosen preset: the cost does not 
 weights. Actor and critic are reference-sized MLPs (in -> 256 -> 256 -> out, reference notes §4).
 
 Run: python3 benchmarks/sampling.py --task Hopper --preset cpu --batch 256 1024 --device cpu
+Sweep: python3 benchmarks/sampling.py --preset paper --batch 256 --steps 128 32 8 2 --guides none eag --modes x0
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import time
 from typing import Any, Callable
@@ -70,7 +72,8 @@ def main() -> None:
     parser.add_argument("--task", default="Hopper")
     parser.add_argument("--preset", default="cpu", choices=["cpu", "paper"])
     parser.add_argument("--batch", type=int, nargs="+", default=[256, 1024])
-    parser.add_argument("--steps", type=int, default=None, help="reverse steps (default: the preset's sampling_steps)")
+    parser.add_argument("--steps", type=int, nargs="+", default=None,
+                        help="reverse steps, one or more (default: the preset's sampling_steps)")
     parser.add_argument("--guides", nargs="+", default=["none", "eag", "sag"])
     parser.add_argument("--modes", nargs="+", default=["x0", "dps"])
     parser.add_argument("--repeats", type=int, default=5)
@@ -84,9 +87,8 @@ def main() -> None:
     model = WorldModel(config).to(device).eval()
     task, horizon = model.task, config.horizon
     actor, critic = _Actor(task.obs_dim, task.act_dim).to(device), _Critic(task.obs_dim).to(device)
-    steps = args.steps or config.sampling_steps
     rows = []
-    for batch in args.batch:
+    for batch, steps in itertools.product(args.batch, args.steps or [config.sampling_steps]):
         s0 = torch.randn(batch, task.obs_dim, device=device)
         generator = torch.Generator(device=device).manual_seed(0)
         for guide in args.guides:
@@ -108,9 +110,11 @@ def main() -> None:
             rows.append({"pattern": "closed-loop step", "batch": batch, "guide": guide, "mode": "x0", "steps": steps,
                          "seconds": seconds, "segments_per_s": batch / seconds})  # fmt: skip
     for row in rows:
-        print(f"{row['pattern']:>16} B={row['batch']:<5} {row['guide']:>6} {row['mode']:>3}: "
+        print(f"{row['pattern']:>16} B={row['batch']:<5} {row['guide']:>6} {row['mode']:>3} {row['steps']:>3} steps: "
               f"{1e3 * row['seconds']:8.1f} ms/call  {row['segments_per_s']:10.0f} segments/s")  # fmt: skip
     name = f"sampling_{args.task.lower()}_{args.preset}_{device.type}" + ("_bf16" if args.dtype == "bfloat16" else "")
+    if args.steps and len(args.steps) > 1:  # a sweep over the number of reverse steps
+        name += "_steps_" + "_".join(map(str, args.steps))
     write_result(name, {"task": task.name, "preset": args.preset, "device": str(device), "dtype": args.dtype,
                         "parameters": model.num_parameters(), "horizon": horizon, "rows": rows})  # fmt: skip
 

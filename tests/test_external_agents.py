@@ -24,12 +24,7 @@ from examples import cleanrl_ppo_dream, sb3_ppo_dream
 TINY = dict(width=64, depth=2, embed_dim=32, sampling_steps=2)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

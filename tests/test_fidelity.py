@@ -53,12 +53,7 @@ SAMPLING_STEPS = 1
 """Reverse-diffusion steps per sample call, closed and open loop alike (see the module docstring)."""
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @dataclass

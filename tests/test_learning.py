@@ -12,21 +12,17 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import torch
+import pytest
 
 from agents.trainer import AGDTrainer, TrainerConfig
 
 STEPS = 3000
+pytestmark = pytest.mark.usefixtures("one_thread")  # the measured setting (tests/conftest.py)
 
 
 def test_eag_raises_the_real_reacher_return(tmp_path: Path) -> None:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the measured setting; 2 threads gain little at these sizes
-    try:
-        config = TrainerConfig.for_task("Reacher", guide="eag", steps=STEPS, seed=0)
-        rows = AGDTrainer(config, tmp_path / "run", progress=False).train()
-    finally:
-        torch.set_num_threads(threads)
+    config = TrainerConfig.for_task("Reacher", guide="eag", steps=STEPS, seed=0)
+    rows = AGDTrainer(config, tmp_path / "run", progress=False).train()
     first, last = rows[0], rows[-1]
     before, after = float(first["eval_return_mean"]), float(last["eval_return_mean"])
     stderr = math.hypot(float(first["eval_return_stderr"]), float(last["eval_return_stderr"]))

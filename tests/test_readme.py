@@ -28,3 +28,15 @@ def test_quick_start_is_exactly_two_commands() -> None:
     blocks = _bash_blocks(quick_start)
     assert len(blocks) == 2 and all(len(b.splitlines()) == 1 for b in blocks), blocks
     assert blocks[0].startswith("python3 -m pip install") and blocks[1].startswith("python3 -m pip install")
+
+
+def test_main_job_is_a_valid_agd_train_command() -> None:
+    """The first quick-start command installs and then runs ``agd train`` with arguments the CLI accepts."""
+    from agd_envs.cli import build_parser
+
+    readme = (ROOT / "README.md").read_text()
+    main_job = _bash_blocks(readme.split("## Quick start", 1)[1])[0]
+    install, run = main_job.split(" && ")
+    assert install == "python3 -m pip install -e ." and run.startswith("agd train ")
+    args = build_parser().parse_args(run.split()[1:])
+    assert (args.command, args.task, args.guide, args.plot) == ("train", "Reacher", "eag", True)
