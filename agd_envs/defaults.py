@@ -53,14 +53,14 @@ MODEL_REVISION = 2
 def default_model_dir(task: str | Task) -> Path:
     """Cache directory of a task's default model: ``<cache>/models/<task>-cpu-<key>``.
 
-    The key hashes the preset's config, the fit length and MODEL_REVISION, so a release that changes
-    any of them trains a fresh default model instead of loading a stale one.
+    The key hashes the preset's config and MODEL_REVISION (bump it when DEFAULT_FIT_STEPS or the
+    meaning of a checkpoint changes), so a release that changes either trains a fresh default model
+    instead of loading a stale one.
     """
     from agd_envs.world_model import WorldModelConfig
 
     name = get_task(task).name
-    recipe = {"config": WorldModelConfig.preset(DEFAULT_PRESET, name).to_dict(), "fit_steps": DEFAULT_FIT_STEPS,
-              "revision": MODEL_REVISION}  # fmt: skip
+    recipe = {"config": WorldModelConfig.preset(DEFAULT_PRESET, name).to_dict(), "revision": MODEL_REVISION}
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:10]
     return cache_dir() / "models" / f"{name.lower()}-{DEFAULT_PRESET}-{key}"
 

@@ -217,6 +217,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--parallel", action="store_true", help="one process per method, at the same time")
+    parser.add_argument("--name", default="model_fidelity", help="result file benchmarks/results/<name>.json")
     parser.add_argument("--part", default=None, help=argparse.SUPPRESS)  # internal: a --parallel child's output
     args = parser.parse_args()
     torch.set_num_threads(args.threads)  # also what the result file records
@@ -242,7 +243,7 @@ def main() -> None:
             return
     summary = {name: [round(v, 5) for v in r["state_mse"]] for name, r in results.items() if "state_mse" in r}
     print(json.dumps({"summary_state_mse_t1_to_H": summary}), file=sys.stderr)
-    write_result("model_fidelity", {"dataset": args.dataset, "seconds_per_method": args.seconds,
+    write_result(args.name, {"dataset": args.dataset, "overrides": json.loads(args.overrides), "seconds_per_method": args.seconds,
                                     "threads": args.threads, "parallel": args.parallel,
                                     "results": results})  # fmt: skip
 

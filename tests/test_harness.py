@@ -1,0 +1,66 @@
+"""One harness for AGD and the model-free baselines: shared CSV columns, `agd plot`/`agd table`/`agd eval`."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agd_envs.cli import main as agd_main
+from agents.plotting import Curve, mean_and_stderr, read_runs, table
+from agents.run_log import COLUMNS
+from test_trainer import tiny_config  # tests/ is on sys.path (pytest's rootdir-less import mode)
+
+ROOT = Path(__file__).resolve().parents[1]
+AGD_RUN = ROOT / "docs" / "results" / "reacher" / "reacher-eag-s0"
+
+
+def test_mean_and_standard_error_over_seeds() -> None:
+    steps = np.array([0.0, 10.0, 20.0])
+    curves = [Curve("a", "Reacher", s, steps[: 2 + s % 2], np.array([1.0, 2.0, 4.0])[: 2 + s % 2] + s) for s in range(3)]
+    x, mean, stderr = mean_and_stderr(curves)  # seeds 0 and 2 reach step 20, seed 1 does not: cut to 2 points
+    np.testing.assert_array_equal(x, [0.0, 10.0])
+    np.testing.assert_allclose(mean, [2.0, 3.0])
+    np.testing.assert_allclose(stderr, [1.0 / np.sqrt(3)] * 2)  # std of (0, 1, 2) is 1
+
+
+def test_baseline_logs_the_agd_columns_and_plots_with_agd_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "reacher-ppo-s0"
+    agd_main(["baseline", "ppo", "--task", "Reacher", "--steps", "1024", "--seed", "0", "--out", str(out),
+              "--eval-every", "512"])  # fmt: skip
+    with (out / "progress.csv").open(newline="") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert tuple(reader.fieldnames) == COLUMNS
+    assert [int(r["real_steps"]) for r in rows] == [0, 512, 1024] and {r["algo"] for r in rows} == {"ppo"}
+    assert all(-200 < float(r["eval_return_mean"]) < 0 for r in rows)  # Reacher returns are negative
+    with pytest.raises(SystemExit) as exit_info:  # the same --out again: refused, nothing overwritten
+        agd_main(["baseline", "ppo", "--task", "Reacher", "--steps", "1024", "--out", str(out)])
+    assert exit_info.value.code == 2 and "already holds a run" in capsys.readouterr().err
+    assert len(read_runs([out])[0].steps) == 3
+
+    png = tmp_path / "curves.png"
+    agd_main(["plot", str(AGD_RUN), str(out), "--out", str(png)])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    capsys.readouterr()
+    agd_main(["table", str(AGD_RUN), str(out)])
+    markdown = capsys.readouterr().out
+    assert markdown.splitlines()[0] == "| task | agd-eag | ppo |"
+    final = float(read_runs([AGD_RUN])[0].returns[-1])
+    assert f"| Reacher | {final:.1f} ± 0.0 (n=1, 10k) |" in markdown
+
+
+def test_eval_reports_the_checkpointed_agent(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from agents.trainer import AGDTrainer
+
+    run = tmp_path / "run"
+    AGDTrainer(tiny_config(steps=200, checkpoint_every=200), run, progress=False).train()
+    capsys.readouterr()
+    agd_main(["eval", str(run), "--episodes", "2", "--seed", "10000"])
+    printed = capsys.readouterr().out
+    last = read_runs([run])[0]
+    # The checkpointed agent on the trainer's evaluation episodes (seeds 10_000 + seed 0, 2 episodes):
+    # exactly the return the trainer logged last.
+    assert printed.startswith(f"Reacher: return {last.returns[-1]:.1f} ± ") and "2 episodes" in printed
