@@ -108,6 +108,14 @@ def step_guide(name: str, t: torch.Tensor) -> Guide:
     return Guide(base.name, log_f, base.moves, base.needs_critic, f"{base.description}, transition t only")
 
 
+CLOSED_LOOP_STEPS = 1
+"""Default reverse-diffusion steps per env step. Measured on held-out Hopper windows (tests/test_fidelity.py,
+s_0 anchors, DDIM eta 0): closed-loop state MSE at t = 3 / 5 / 10 is .0163 / .0227 / .056 with 1 step,
+.0188 / .0277 / .057 with 2 and .0205 / .0312 / .061 with 4, and closed/open-loop error ratios peak at
+.94, 1.16 and 1.23: with more steps the future the sampler invents for the unknown actions leaks into
+s_{t+1} (prototype-findings.md). One step is also the cheapest."""
+
+
 class DreamVectorEnv(gym.vector.VectorEnv):
     """``num_envs`` closed-loop dreams of one world model, stepped as one batch on one device.
 
@@ -123,7 +131,7 @@ class DreamVectorEnv(gym.vector.VectorEnv):
     :param alpha: guide scale (default: the task's ``guide_scale``).
     :param gamma: discount of the advantage A_t.
     :param horizon: episode length in steps (default and maximum: the model's horizon H).
-    :param sampling_steps: reverse-diffusion steps per env step (default: the model's ``sampling_steps``).
+    :param sampling_steps: reverse-diffusion steps per env step (default ``CLOSED_LOOP_STEPS`` = 1, see there).
     :param eta: DDIM eta of the sampler (0 = deterministic steps, best in closed loop: prototype-findings.md).
     :param dataset: start states: a dataset path or EpisodeDataset (default: the task's shipped dataset).
     :param device: where the dream runs (default: the model's device; a model elsewhere is moved, in place).
@@ -169,7 +177,7 @@ class DreamVectorEnv(gym.vector.VectorEnv):
             self.horizon = _int_in("max_episode_steps", max_episode_steps, 1, self.horizon,
                                    f"horizon={self.horizon}: dream episodes end there")
         n_diffusion = self.model.config.diffusion_steps
-        steps = self.model.config.sampling_steps if sampling_steps is None else sampling_steps
+        steps = CLOSED_LOOP_STEPS if sampling_steps is None else sampling_steps
         self.sampling_steps = _int_in("sampling_steps", steps, 1, n_diffusion,
                                       f"the model's diffusion_steps={n_diffusion}")
         self.guide = get_guide(guide).name

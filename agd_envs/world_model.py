@@ -155,13 +155,15 @@ class WorldModelConfig:
         return cls(**data)
 
 
-# Chosen by measurement (hopper-mixed, 2 threads, held-out joint-sampling error; issue report and
-# benchmarks/model_fidelity.py): 512x4 runs ~25 updates/s at batch 256, ~4.5k updates in 3 minutes.
-# Per unit of wall-clock it beat 384x3, 1024x4 and batch 512; lr 1e-3 beat 3e-4 (2e-3: no gain);
-# N=32 with tau=1 beat PolyGRAD's Hopper schedule (N=128, tau=0.1) by 1.2-1.4x at t=1 (N=8: no
-# gain); anchor_states cut the t=1 and t=10 errors by 10-30%; 4 DDIM steps are within 10% of 32.
+# Chosen by measurement on hopper-mixed (held-out joint-sampling state error; the issue notes and
+# benchmarks/results/model_floor_*.json): with 120 s of training on 1 thread, 256x3 (~66 updates/s,
+# 7.9k updates) reached z-scored MSE .0042 at t=1 and .025 at t=10, 512x4 (~25 updates/s, 3.0k) .0050
+# and .031 -- on a CPU budget more updates beat a wider net. Earlier sweeps (2 threads): lr 1e-3 beat
+# 3e-4; N=32 with tau=1 beat PolyGRAD's Hopper schedule (N=128, tau=0.1) by 1.2-1.4x at t=1; s_0
+# anchors cut the t=1 error by ~20%; x0-prediction, because eps-prediction with 1-4 DDIM steps divides
+# by sqrt(alpha_bar) ~ 0 at the first step (MSE ~1e4); min-SNR weighting was 2-6x worse.
 _CPU_PRESET: dict[str, Any] = dict(
-    horizon=10, diffusion_steps=32, sampling_steps=4, width=512, depth=4, embed_dim=128,
+    horizon=10, diffusion_steps=32, sampling_steps=4, width=256, depth=3, embed_dim=128,
     schedule_temperature=1.0, anchor_states=True, batch_size=256, lr=1e-3, ema_decay=0.995,
 )  # fmt: skip
 

@@ -117,12 +117,12 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     #   (return -12.2 -> -21 -> -12.6); with 0.3 the return is -9.0 after 500 steps and -7.1 after 4k;
     # - reward_weight 10: the 10 reward entries otherwise carry 1/12 of the loss and the reward
     #   prediction barely depends on the action;
-    # - 256x3 world model, 1500 pretraining updates on the shipped 40k steps (~20 s), then 0.2 model and
+    # - the cpu preset's 256x3 world model, 1500 pretraining updates on the shipped 40k steps (~20 s), then 0.2 model and
     #   0.1 agent updates per real step: ~13 s per 500-step iteration including a 20-episode evaluation.
     "Reacher": {
         "eval_episodes": 20, "eval_every": 500, "checkpoint_every": 1000, "iteration_steps": 500,
         "model_pretrain_updates": 1500, "model_updates_per_step": 0.2, "agent_updates_per_step": 0.1,
-        "model": {"width": 256, "depth": 3, "reward_weight": 10.0}, "a2c": {"init_std": 0.3},
+        "model": {"reward_weight": 10.0}, "a2c": {"init_std": 0.3},
     },
     "Hopper": {},
     "Walker2d": {},
@@ -234,7 +234,7 @@ class AGDTrainer:
 
         cfg = self.config
         critic = self.agent.critic if cfg.guide in ("eag", "sag") else None
-        env = DreamVectorEnv(self.task, num_envs=len(s0), model=self.model, critic=critic, guide=cfg.guide, alpha=cfg.alpha, dataset=dataset, device=cfg.device)
+        env = DreamVectorEnv(self.task, num_envs=len(s0), model=self.model, critic=critic, guide=cfg.guide, alpha=cfg.alpha, dataset=dataset, device=cfg.device, sampling_steps=cfg.sampling_steps)
         obs, _ = env.reset(seed=int(torch.randint(0, 2**31 - 1, (1,), generator=self.generator)), options={"initial_state": s0.cpu().numpy()})
         rows: dict[str, list[np.ndarray]] = {k: [] for k in ("obs", "actions", "rewards", "next_obs", "terminated", "truncated")}
         for _ in range(self.model.config.horizon):

@@ -25,7 +25,7 @@ import torch
 
 from agd_envs.datasets import EpisodeDataset
 from agd_envs.defaults import default_dataset_path
-from agd_envs.dream_env import DreamVectorEnv
+from agd_envs.dream_env import CLOSED_LOOP_STEPS, DreamVectorEnv
 from agd_envs.tasks import get_task
 from agd_envs.world_model import WorldModel, WorldModelConfig
 from agents.a2c import A2CAgent
@@ -106,7 +106,7 @@ def main() -> None:
                   f"x{row['ratio_to_real']:.3f} of real", flush=True)  # fmt: skip
     write_result(f"dream_env_{device.type}", {
         "task": task.name, "device": str(device), "preset": "cpu", "parameters": model.num_parameters(),
-        "sampling_steps": model.config.sampling_steps, "horizon": model.config.horizon,
+        "sampling_steps": CLOSED_LOOP_STEPS, "horizon": model.config.horizon,
         "critic": "A2CAgent(...).critic (256x256)", "steps": args.steps, "repeats": args.repeats, "rows": rows,
     })  # fmt: skip
 
