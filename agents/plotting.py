@@ -97,8 +97,8 @@ def table(curves: list[Curve]) -> str:
                 cells.append("–")
                 continue
             finals = np.array([c.returns[-1] for c in runs])
-            se = finals.std(ddof=1) / np.sqrt(len(finals)) if len(finals) > 1 else 0.0
             steps = int(min(c.steps[-1] for c in runs))
-            cells.append(f"{finals.mean():.1f} ± {se:.1f} (n={len(runs)}, {steps // 1000}k)")
+            spread = f" ± {finals.std(ddof=1) / np.sqrt(len(finals)):.1f}" if len(finals) > 1 else ""  # no SE of one seed
+            cells.append(f"{finals.mean():.1f}{spread} (n={len(runs)}, {steps // 1000}k)")
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
