@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agents.run_log import CSV_NAME, COLUMNS
+from agents.run_log import CSV_NAME, REQUIRED_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -33,8 +33,8 @@ def read_runs(paths: list[str | Path]) -> list[Curve]:
             raise FileNotFoundError(f"{csv_path}: no such file; pass run directories written by `agd train`/`agd baseline` or their {CSV_NAME}")
         with csv_path.open(newline="") as f:
             rows = [r for r in csv.DictReader(f) if r.get("eval_return_mean")]
-        if not rows or set(COLUMNS) - set(rows[0]):
-            raise ValueError(f"{csv_path}: not an agd progress log (columns {COLUMNS})")
+        if not rows or set(REQUIRED_COLUMNS) - set(rows[0]):
+            raise ValueError(f"{csv_path}: not an agd progress log (columns {REQUIRED_COLUMNS})")
         curves.append(Curve(
             algo=rows[0]["algo"], task=rows[0]["task"], seed=int(rows[0]["seed"]),
             steps=np.array([float(r["real_steps"]) for r in rows]),

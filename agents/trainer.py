@@ -15,12 +15,13 @@ PolyGRAD (guide ``none``) and Online Diffuser (guide ``reward``) are this same l
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -36,7 +37,7 @@ from agd_envs.world_model import WorldModel, WorldModelConfig
 from agents.a2c import A2CAgent, A2CConfig
 from agents.checkpoint import RunCheckpoint
 from agents.evaluation import evaluate
-from agents.run_log import RunLog
+from agents.run_log import PHASES, RunLog
 
 IMAGINATION_MODES = ("joint", "closed-loop")
 
@@ -151,6 +152,7 @@ class AGDTrainer:
         self.model = WorldModel(WorldModelConfig.preset(config.model_preset, self.task, **overrides)).to(config.device)
         self.real_steps, self.start_time, self.elapsed_before = 0, time.perf_counter(), 0.0
         self.last: dict[str, float] = {}
+        self.phase_seconds = dict.fromkeys(PHASES, 0.0)
         self.collector = self._start(resume)
 
     # ---------------------------------------------------------------- setup
@@ -159,6 +161,7 @@ class AGDTrainer:
         if resume:
             state = self.checkpoint.load(self.agent, self.model, self.generator)
             self.real_steps, self.elapsed_before = state["real_steps"], state["wall_seconds"]
+            self.phase_seconds.update(state.get("phase_seconds", {}))
             self.log.truncate(state["log_rows"])
             collector = self._collector(DatasetWriter(data_dir, self.task))
             collector.load_state_dict(state["collector"])
@@ -172,7 +175,8 @@ class AGDTrainer:
             collector = self._collector(DatasetWriter(data_dir, self.task, policy="agd-train"))
             collector.collect("random", cfg.prefill_steps)
         collector.writer.checkpoint()
-        self.model.fit(self._dataset(), cfg.model_pretrain_updates, generator=self.generator, progress=self.progress)
+        with self._phase("model"):
+            self.model.fit(self._dataset(), cfg.model_pretrain_updates, generator=self.generator, progress=self.progress)
         self._evaluate_and_log({})
         return collector
 
@@ -199,11 +203,13 @@ class AGDTrainer:
     def iteration(self) -> dict[str, float]:
         """One pass of Algorithm 1 over ``iteration_steps`` real steps; returns the latest metrics."""
         cfg = self.config
-        self.collector.collect(lambda obs: self.agent.act(obs), cfg.iteration_steps)
-        self.collector.writer.checkpoint()  # the reader below sees every finished episode
+        with self._phase("env"):
+            self.collector.collect(lambda obs: self.agent.act(obs), cfg.iteration_steps)
+            self.collector.writer.checkpoint()  # the reader below sees every finished episode
         self.real_steps += cfg.iteration_steps
-        dataset = self._dataset()
-        model_log = self.model.fit(dataset, round(cfg.model_updates_per_step * cfg.iteration_steps), generator=self.generator, progress=False)
+        with self._phase("model"):
+            dataset = self._dataset()
+            model_log = self.model.fit(dataset, round(cfg.model_updates_per_step * cfg.iteration_steps), generator=self.generator, progress=False)
         metrics: dict[str, float] = {"model_loss": model_log[-1]["loss"]} if model_log else {}
         for _ in range(round(cfg.agent_updates_per_step * cfg.iteration_steps)):
             metrics.update(self._agent_update(dataset))
@@ -219,8 +225,10 @@ class AGDTrainer:
         s0 = dataset.sample_segments(cfg.imagination_batch, self.model.config.horizon, generator=self.generator).states[:, 0]
         s0 = s0.to(self.model.device)
         if cfg.imagination == "joint":
-            segments = imagine(self.model, s0, self.agent.actor, self.agent.critic, guide=cfg.guide, alpha=cfg.alpha, generator=self._device_generator())
-            stats = self.agent.update(segments)
+            with self._phase("imagine"):
+                segments = imagine(self.model, s0, self.agent.actor, self.agent.critic, guide=cfg.guide, alpha=cfg.alpha, generator=self._device_generator())
+            with self._phase("agent"):
+                stats = self.agent.update(segments)
         else:
             segments, stats = self._closed_loop_update(dataset, s0)
         stats["imagined_reward"] = float(segments.rewards.mean())
@@ -230,6 +238,20 @@ class AGDTrainer:
 
     def _closed_loop_update(self, dataset: EpisodeDataset, s0: torch.Tensor) -> tuple[Imagined, dict[str, float]]:
         """The agent acts step by step in a DreamVectorEnv batch started at ``s0``; one A2C update."""
+        with self._phase("imagine"):
+            arrays = self._dream_rollout(dataset, s0)
+        with self._phase("agent"):
+            stats = self.agent.update_from_transitions(**arrays)
+        states = np.concatenate([arrays["obs"], arrays["next_obs"][-1:]], axis=0)
+        imagined = Imagined(
+            states=torch.as_tensor(states).transpose(0, 1), actions=torch.as_tensor(arrays["actions"]).transpose(0, 1),
+            rewards=torch.as_tensor(arrays["rewards"]).transpose(0, 1), terminations=torch.as_tensor(arrays["terminated"]).transpose(0, 1),
+            advantages=None,
+        )  # fmt: skip
+        return imagined, stats
+
+    def _dream_rollout(self, dataset: EpisodeDataset, s0: torch.Tensor) -> dict[str, np.ndarray]:
+        """H steps of the current policy in a DreamVectorEnv batch from ``s0``: time-major ``T x N x ...`` arrays."""
         from agd_envs.dream_env import DreamVectorEnv
 
         cfg = self.config
@@ -249,15 +271,7 @@ class AGDTrainer:
                 rows[key].append(value)
             obs = next_obs
         env.close()
-        arrays = {k: np.stack(v) for k, v in rows.items()}  # T x N x ...
-        stats = self.agent.update_from_transitions(**arrays)
-        states = np.concatenate([arrays["obs"], arrays["next_obs"][-1:]], axis=0)
-        imagined = Imagined(
-            states=torch.as_tensor(states).transpose(0, 1), actions=torch.as_tensor(arrays["actions"]).transpose(0, 1),
-            rewards=torch.as_tensor(arrays["rewards"]).transpose(0, 1), terminations=torch.as_tensor(arrays["terminated"]).transpose(0, 1),
-            advantages=None,
-        )  # fmt: skip
-        return imagined, stats
+        return {k: np.stack(v) for k, v in rows.items()}
 
     def _device_generator(self) -> torch.Generator:
         """A generator on the model's device, seeded from the trainer's CPU generator (reproducible)."""
@@ -265,18 +279,29 @@ class AGDTrainer:
         return torch.Generator(device=self.model.device).manual_seed(seed)
 
     # ---------------------------------------------------------------- logging and state
+    @contextlib.contextmanager
+    def _phase(self, name: str) -> Iterator[None]:
+        """Add the wall seconds of the block to ``phase_seconds[name]`` (logged as ``seconds_<name>``)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phase_seconds[name] += time.perf_counter() - start
+
     def _wall(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.start_time
 
     def _evaluate_and_log(self, metrics: dict[str, float]) -> None:
         cfg = self.config
-        result = evaluate(self.task, lambda obs: self.agent.act(obs, deterministic=True), cfg.eval_episodes, seed=10_000 + cfg.seed)
+        with self._phase("eval"):
+            result = evaluate(self.task, lambda obs: self.agent.act(obs, deterministic=True), cfg.eval_episodes, seed=10_000 + cfg.seed)
         row = {
             "algo": f"agd-{cfg.guide}", "task": self.task.name, "seed": cfg.seed, "real_steps": self.real_steps,
             "wall_seconds": self._wall(), "steps_per_second": self.real_steps / max(self._wall(), 1e-9),
             "eval_return_mean": result.mean, "eval_return_std": result.std, "eval_return_stderr": result.stderr,
             "eval_episodes": cfg.eval_episodes,
             **{k: metrics[k] for k in ("model_loss", "actor_loss", "critic_loss", "entropy", "imagined_reward", "imagined_advantage") if k in metrics},
+            **{f"seconds_{phase}": seconds for phase, seconds in self.phase_seconds.items()},
         }  # fmt: skip
         self.log.append(row)
         self.last["eval_return_mean"] = result.mean
@@ -285,6 +310,7 @@ class AGDTrainer:
         return {
             "real_steps": self.real_steps,
             "wall_seconds": self._wall(),
+            "phase_seconds": dict(self.phase_seconds),
             "log_rows": len(self.log.rows()),
             "num_episodes": self.collector.writer.num_episodes,
             "collector": self.collector.state_dict(),

@@ -8,6 +8,7 @@ import pytest
 
 from agd_envs.cli import main as agd_main
 from agents.checkpoint import RunError
+from agents.run_log import PHASES
 from agents.trainer import AGDTrainer, TrainerConfig
 
 TINY_MODEL = {"width": 64, "depth": 1, "embed_dim": 32, "diffusion_steps": 8, "sampling_steps": 2, "batch_size": 64}
@@ -32,6 +33,11 @@ def test_interrupted_then_resumed_run_logs_the_same_returns(tmp_path: Path, imag
     config = tiny_config(imagination=imagination)
     full = AGDTrainer(config, tmp_path / "full", progress=False).train()
     assert len(full) == 4  # the evaluation before training, then one per 200 steps
+    # Phase timings: cumulative, every phase ran, together no more than the wall clock.
+    phases = [[float(row[f"seconds_{p}"]) for p in PHASES] for row in full]
+    assert all(t > 0 for t in phases[-1]), dict(zip(PHASES, phases[-1]))
+    assert all(b >= a for before, after in zip(phases, phases[1:]) for a, b in zip(before, after))
+    assert sum(phases[-1]) <= float(full[-1]["wall_seconds"]) + 1e-3
 
     interrupted = AGDTrainer(config, tmp_path / "split", progress=False)
     interrupted.iteration()
