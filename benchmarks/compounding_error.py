@@ -5,13 +5,19 @@ windows of 3H real transitions without a real termination, the dream starts at t
 stepped with the real actions through a ``DreamVectorEnv`` (guide ``none``, the env's default one DDIM
 step per env step); after every H steps the dream is truncated, so it is restarted from its own last
 imagined state (``reset(options={"initial_state": ...})``) — an imagined rollout of 3H steps made of
-three chained dreams. The ensemble (5 MLPs predicting standardized state deltas and the reward,
-``benchmarks/model_fidelity.py``) rolls out the mean of its members for 3H steps.
+three chained dreams. The ensemble (``--members`` MLPs predicting standardized state deltas and the
+reward, ``benchmarks/model_fidelity.py``; ``--probabilistic``: Gaussian heads trained by NLL, as
+MBPO's 7-member ensemble) rolls out for 3H steps the mean of its members ("ensemble") and, as MBPO,
+a random member's sample per step ("ensemble_sampled").
+
+Budget: ``--seconds`` per model. What a real 100k-step run spends on its world model with the CPU
+defaults (``benchmarks/results/train_wallclock_hopper.json``): 3.07 s per 1,000 real steps plus the
+2,000 pretraining updates, ~320 s on one thread.
 
 Error at step t: MSE of z-scored states (training-split statistics), over dimensions and the windows
 whose dream has not imagined a termination before t.
 
-Run (repo root): python3 benchmarks/compounding_error.py --task Hopper --seconds 120 --threads 1
+Run (repo root): python3 benchmarks/compounding_error.py --task Hopper --seconds 320 --threads 1 --members 7 --probabilistic
 """
 
 from __future__ import annotations
@@ -79,6 +85,8 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=200)
     parser.add_argument("--multiples", type=int, default=3, help="roll out multiples x H steps")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--members", type=int, default=5, help="ensemble members (MBPO: 7)")
+    parser.add_argument("--probabilistic", action="store_true", help="Gaussian NLL heads, as MBPO")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -89,7 +97,7 @@ def main() -> None:
     log = model.fit(train, 10**9, generator=torch.Generator().manual_seed(args.seed), progress=False,
                     max_seconds=args.seconds, log_every=200)  # fmt: skip
     fit_part, val = train.split(0.9, seed=args.seed + 2)
-    ensemble = DeltaModel(fit_part, members=5)
+    ensemble = DeltaModel(fit_part, members=args.members, probabilistic=args.probabilistic)
     ensemble_info = ensemble.fit(fit_part, val, args.seconds, torch.Generator().manual_seed(args.seed))
 
     horizon = model.config.horizon
@@ -100,6 +108,7 @@ def main() -> None:
     dreamed, running = dream_rollout(model, train, real[:, 0].numpy(), actions.numpy(), args.seed)
     dream_seconds = time.perf_counter() - start
     ens_states, _ = ensemble.rollout(real[:, 0], actions)
+    ens_sampled = ensemble.rollout_sampled(real[:, 0], actions, torch.Generator().manual_seed(args.seed))
 
     z = model.normalizer.normalize_states  # training-split statistics (fit refits the normalizer on train)
     true = z(real[:, 1:])
@@ -108,16 +117,19 @@ def main() -> None:
     curves = {
         "dream_closed_loop": per_step(z(torch.as_tensor(dreamed)), true, weight),
         "ensemble": per_step(z(ens_states * ensemble.s_std + ensemble.s_mean), true, ones),  # its z -> real -> ours
+        "ensemble_sampled": per_step(z(ens_sampled * ensemble.s_std + ensemble.s_mean), true, ones),
         "constant": per_step(z(real[:, :1]).expand_as(true), true, ones),
         "dream_running": running.mean(0).tolist(),
     }
     marks = [m * horizon - 1 for m in range(1, args.multiples + 1)]
-    summary = {name: [round(curves[name][i], 4) for i in marks] for name in ("dream_closed_loop", "ensemble", "constant")}
+    summary = {name: [round(curves[name][i], 4) for i in marks] for name in ("dream_closed_loop", "ensemble", "ensemble_sampled", "constant")}
     summary["ratio_dream_to_ensemble"] = [round(curves["dream_closed_loop"][i] / curves["ensemble"][i], 2) for i in marks]
     print(f"steps {[i + 1 for i in marks]}: {summary}")
-    write_result(f"compounding_error_{data.task.name.lower()}", {
+    suffix = f"_{args.members}{'p' if args.probabilistic else ''}_{args.seconds:g}s"
+    write_result(f"compounding_error_{data.task.name.lower()}{suffix}", {
         "task": data.task.name, "horizon": horizon, "length": length, "windows": len(real),
-        "seconds_per_model": args.seconds, "threads": args.threads,
+        "seconds_per_model": args.seconds, "threads": args.threads, "members": args.members,
+        "probabilistic": args.probabilistic,
         "diffusion": {"config": model.config.to_dict(), "updates": int(model.num_updates), "final_loss": log[-1]["loss"]},
         "ensemble": ensemble_info, "dream_seconds": dream_seconds, "at_multiples_of_H": summary, "curves": curves,
     })  # fmt: skip

@@ -67,9 +67,17 @@ class EnsembleMLP(nn.Module):
 
 
 class DeltaModel:
-    """One-step model on z-scored (s, a) -> per-dim standardized (Δs, r); E members trained on separate batches."""
+    """One-step model on z-scored (s, a) -> per-dim standardized (Δs, r); E members trained on separate batches.
 
-    def __init__(self, train: EpisodeDataset, members: int, lr: float = 1e-3, batch_size: int = 256) -> None:
+    ``probabilistic``: each member also predicts a log-variance (soft-bounded to [-10, 0.5]) and is
+    trained by Gaussian negative log-likelihood, as MBPO's ensemble; validation always uses the MSE of
+    the mean. Rollouts use the mean over members (:meth:`rollout`) or, as MBPO, a random member's
+    Gaussian sample per step (:meth:`rollout_sampled`).
+    """
+
+    def __init__(
+        self, train: EpisodeDataset, members: int, lr: float = 1e-3, batch_size: int = 256, probabilistic: bool = False
+    ) -> None:
         stats = train.statistics()
         t = lambda v: torch.as_tensor(v, dtype=torch.float32)  # noqa: E731
         self.s_mean, self.s_std = t(stats.obs_mean), t(stats.obs_std)
@@ -80,8 +88,9 @@ class DeltaModel:
         dz = self._z(every.states[:, 1]) - z
         self.d_mean, self.d_std = dz.mean(0), dz.std(0).clamp_min(1e-6)  # the key to MLP precision (prototype)
         s, a = train.task.obs_dim, train.task.act_dim
-        self.members, self.batch_size = members, batch_size
-        self.net = EnsembleMLP(members, s + a, s + 1)
+        self.members, self.batch_size, self.probabilistic = members, batch_size, probabilistic
+        self.out_dim = s + 1
+        self.net = EnsembleMLP(members, s + a, self.out_dim * (2 if probabilistic else 1))
         self.opt = torch.optim.Adam(self.net.parameters(), lr=lr)
 
     def _z(self, s: torch.Tensor) -> torch.Tensor:
@@ -94,13 +103,26 @@ class DeltaModel:
         dz = (self._z(seg.states[..., 1, :]) - self._z(seg.states[..., 0, :]) - self.d_mean) / self.d_std
         return torch.cat([dz, ((seg.rewards[..., 0] - self.r_mean) / self.r_std)[..., None]], dim=-1)
 
-    def loss(self, seg: Any) -> torch.Tensor:
-        """Per-member MSE ``E`` on segments with a leading member axis (``E x B x ...``) or shared ones."""
+    def _predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``E x B x in`` -> (mean ``E x B x out``, log-variance or None)."""
+        out = self.net(x)
+        if not self.probabilistic:
+            return out, None
+        mean, raw = out[..., : self.out_dim], out[..., self.out_dim :]
+        log_var = 0.5 - nn.functional.softplus(0.5 - raw)
+        return mean, -10.0 + nn.functional.softplus(log_var + 10.0)
+
+    def loss(self, seg: Any, nll: bool = False) -> torch.Tensor:
+        """Per-member MSE (or, with ``nll`` on a probabilistic model, Gaussian NLL) ``E`` on segments with a
+        leading member axis (``E x B x ...``) or shared ones."""
         x = self._inputs(self._z(seg.states[..., 0, :]), seg.actions[..., 0, :])
         if x.dim() == 2:
             x = x.expand(self.members, -1, -1)
-        target = self._targets(seg)
-        return (self.net(x) - target).square().mean(dim=(-1, -2))
+        mean, log_var = self._predict(x)
+        err = (mean - self._targets(seg)).square()
+        if nll and log_var is not None:
+            return (err * torch.exp(-log_var) + log_var).mean(dim=(-1, -2))
+        return err.mean(dim=(-1, -2))
 
     def fit(
         self, train: EpisodeDataset, val: EpisodeDataset, seconds: float, generator: torch.Generator
@@ -125,7 +147,7 @@ class DeltaModel:
             seg = train.sample_segments(self.members * self.batch_size, 1, generator=generator)
             seg = type(seg)(*(rearrange(v, "(e b) ... -> e b ...", e=self.members) for v in
                               (seg.states, seg.actions, seg.rewards, seg.terminations)))  # fmt: skip
-            loss = self.loss(seg).sum()
+            loss = self.loss(seg, nll=True).sum()
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
@@ -142,11 +164,27 @@ class DeltaModel:
         """Real s0 ``B x S``, actions ``B x H x A`` -> z-scored states ``B x H x S`` (s_1..s_H), z rewards ``B x H``."""
         z, states, rewards = self._z(s0), [], []
         for h in range(actions.shape[1]):
-            out = self.net(self._inputs(z, actions[:, h]).expand(self.members, -1, -1)).mean(0)
+            out = self._predict(self._inputs(z, actions[:, h]).expand(self.members, -1, -1))[0].mean(0)
             z = z + out[:, :-1] * self.d_std + self.d_mean
             states.append(z)
             rewards.append(out[:, -1])
         return torch.stack(states, 1), torch.stack(rewards, 1)
+
+
+    @torch.no_grad()
+    def rollout_sampled(self, s0: torch.Tensor, actions: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """MBPO's rollout: each step a random member's Gaussian sample -> z-scored states ``B x H x S``."""
+        z, states = self._z(s0), []
+        rows = torch.arange(len(s0))
+        for h in range(actions.shape[1]):
+            mean, log_var = self._predict(self._inputs(z, actions[:, h]).expand(self.members, -1, -1))
+            pick = torch.randint(self.members, (len(s0),), generator=generator)
+            out = mean[pick, rows]
+            if log_var is not None:
+                out = out + torch.exp(0.5 * log_var[pick, rows]) * torch.randn(out.shape, generator=generator)
+            z = z + out[:, :-1] * self.d_std + self.d_mean
+            states.append(z)
+        return torch.stack(states, 1)
 
 
 def per_step_mse(pred: torch.Tensor, true: torch.Tensor) -> list[float]:
