@@ -296,7 +296,7 @@ class AGDTrainer:
         with self._phase("eval"):
             result = evaluate(self.task, lambda obs: self.agent.act(obs, deterministic=True), cfg.eval_episodes, seed=10_000 + cfg.seed)
         row = {
-            "algo": f"agd-{cfg.guide}", "task": self.task.name, "seed": cfg.seed, "real_steps": self.real_steps,
+            "algo": run_label(cfg), "task": self.task.name, "seed": cfg.seed, "real_steps": self.real_steps,
             "wall_seconds": self._wall(), "steps_per_second": self.real_steps / max(self._wall(), 1e-9),
             "eval_return_mean": result.mean, "eval_return_std": result.std, "eval_return_stderr": result.stderr,
             "eval_episodes": cfg.eval_episodes,
@@ -316,6 +316,13 @@ class AGDTrainer:
             "collector": self.collector.state_dict(),
             "config": dataclasses.asdict(self.config),
         }
+
+
+def run_label(config: TrainerConfig) -> str:
+    """A run's ``algo`` label: ``agd-<guide>``, plus ``-alpha<α>`` when the guide scale is not the task's default."""
+    alpha = config.alpha
+    custom = config.guide != "none" and alpha is not None and alpha != get_task(config.task).guide_scale
+    return f"agd-{config.guide}" + (f"-alpha{alpha:g}" if custom else "")
 
 
 def config_from_run(run_dir: str | Path) -> TrainerConfig:

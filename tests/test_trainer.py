@@ -9,7 +9,7 @@ import pytest
 from agd_envs.cli import main as agd_main
 from agents.checkpoint import RunError
 from agents.run_log import PHASES
-from agents.trainer import AGDTrainer, TrainerConfig
+from agents.trainer import AGDTrainer, TrainerConfig, run_label
 
 TINY_MODEL = {"width": 64, "depth": 1, "embed_dim": 32, "diffusion_steps": 8, "sampling_steps": 2, "batch_size": 64}
 
@@ -87,3 +87,12 @@ def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         agd_main(["train", "--resume", "--out", str(tmp_path / "nothing")])
     assert exit_info.value.code == 2
     assert "not an `agd train` run directory" in capsys.readouterr().err
+
+
+def test_run_label_names_a_non_default_guide_scale() -> None:
+    """Runs with another alpha must not be averaged with the default ones by agd plot/table."""
+    assert run_label(TrainerConfig.for_task("Hopper", guide="eag")) == "agd-eag"
+    assert run_label(TrainerConfig.for_task("Hopper", guide="eag", alpha=1.0)) == "agd-eag"  # Hopper's default
+    assert run_label(TrainerConfig.for_task("Hopper", guide="sag", alpha=0.1)) == "agd-sag-alpha0.1"
+    assert run_label(TrainerConfig.for_task("Reacher", guide="eag", alpha=0.1)) == "agd-eag"  # Reacher's default
+    assert run_label(TrainerConfig.for_task("Hopper", guide="none", alpha=0.1)) == "agd-none"  # never guided
