@@ -66,12 +66,15 @@ def plot(curves: list[Curve], out: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     groups = _group(curves)
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    every_algo = sorted({algo for algos in groups.values() for algo in algos})
+    color = {algo: palette[i % len(palette)] for i, algo in enumerate(every_algo)}  # the same in every panel
     fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3.8), squeeze=False)
     for ax, (task, algos) in zip(axes[0], sorted(groups.items())):
         for algo, runs in sorted(algos.items()):
             steps, mean, stderr = mean_and_stderr(runs)
-            ax.plot(steps, mean, label=f"{algo} ({len(runs)} seed{'s' if len(runs) > 1 else ''})")
-            ax.fill_between(steps, mean - stderr, mean + stderr, alpha=0.25)
+            ax.plot(steps, mean, color=color[algo], label=f"{algo} ({len(runs)} seed{'s' if len(runs) > 1 else ''})")
+            ax.fill_between(steps, mean - stderr, mean + stderr, color=color[algo], alpha=0.25)
         ax.set_title(task)
         ax.set_xlabel("real environment steps")
         ax.set_ylabel("evaluation return")
