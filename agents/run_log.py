@@ -7,18 +7,16 @@ from pathlib import Path
 from typing import Any
 
 CSV_NAME = "progress.csv"
-COLUMNS = (
+REQUIRED_COLUMNS = (
     "algo", "task", "seed", "real_steps", "wall_seconds", "steps_per_second",
     "eval_return_mean", "eval_return_std", "eval_return_stderr", "eval_episodes",
     "model_loss", "actor_loss", "critic_loss", "entropy", "imagined_reward", "imagined_advantage",
 )  # fmt: skip
-"""CSV columns shared by ``agd train`` and ``agd baseline`` so ``agd plot``/``agd table`` read both."""
+"""CSV columns shared by ``agd train`` and ``agd baseline``, the ones ``agd plot``/``agd table`` need."""
 PHASES = ("env", "model", "imagine", "agent", "eval")
 """Phases of an ``agd train`` iteration whose cumulative wall seconds are logged (``seconds_<phase>``)."""
-COLUMNS = COLUMNS + tuple(f"seconds_{phase}" for phase in PHASES)
+COLUMNS = REQUIRED_COLUMNS + tuple(f"seconds_{phase}" for phase in PHASES)
 """All columns written; the timing columns are empty for baselines and for logs of older versions."""
-REQUIRED_COLUMNS = COLUMNS[: COLUMNS.index("imagined_advantage") + 1]
-"""The columns a log must have for ``agd plot``/``agd table``."""
 
 
 class RunLog:

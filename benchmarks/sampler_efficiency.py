@@ -41,9 +41,11 @@ from agd_envs.world_model import WorldModel, WorldModelConfig
 
 try:
     from benchmarks._common import write_result
+    from benchmarks.model_fidelity import per_step_mse
     from benchmarks.sampling import _Actor, _Critic
 except ImportError:  # run as a script from the repo root
     from _common import write_result
+    from model_fidelity import per_step_mse
     from sampling import _Actor, _Critic
 
 REFERENCE_STEPS = 128
@@ -127,10 +129,10 @@ def held_out(task: str, steps: int, seed: int, count: int, horizon: int) -> Any:
         return data.sample_segments(n, horizon, indices=range(n))
 
 
-def per_step_mse(model: WorldModel, pred: torch.Tensor, true: torch.Tensor) -> list[float]:
+def state_errors(model: WorldModel, pred: torch.Tensor, true: torch.Tensor) -> list[float]:
     """Real states ``B x (H+1) x S`` -> H per-step MSEs of z-scores (model statistics), t = 1..H."""
     z = model.normalizer.normalize_states
-    return ((z(pred[:, 1:]) - z(true[:, 1:])) ** 2).mean(dim=(0, 2)).tolist()
+    return per_step_mse(z(pred[:, 1:]), z(true[:, 1:]))
 
 
 def seconds_per_call(fn: Callable[[], Any], repeats: int) -> float:
@@ -176,12 +178,12 @@ def run_task(name: str, args: argparse.Namespace, peak: float) -> dict[str, Any]
     s0, true = seg.states[:, 0], seg.states
     g = lambda: torch.Generator().manual_seed(args.seed)  # noqa: E731
     ref = reference_sample(models["n128"], s0, actions=seg.actions, generator=g())
-    fidelity = {"reference": per_step_mse(models["n128"], ref, true)}
+    fidelity = {"reference": state_errors(models["n128"], ref, true)}
     with torch.no_grad():
         for (label, model), k in itertools.product(models.items(), args.steps):
             if k <= model.schedule.num_steps:
                 out = sample(model, Conditioning.from_start(s0, seg.actions), steps=k, eta=0.0, generator=g())
-                fidelity[f"{label}-ddim{k}"] = per_step_mse(model, out.states, true)
+                fidelity[f"{label}-ddim{k}"] = state_errors(model, out.states, true)
     torch.manual_seed(args.seed)
     actor, critic = _Actor(task.obs_dim, task.act_dim), _Critic(task.obs_dim)
     start = s0[torch.randint(len(s0), (args.batch,), generator=g())]
