@@ -1,0 +1,97 @@
+"""Scaled Table I queue: run `agd train` / `agd baseline ppo` jobs two at a time, resumably.
+
+Each job is one (task, algorithm, seed) run of ``--steps`` real steps in ``--work-dir/<task>-<algo>-s<seed>``
+with one torch thread. A job whose CSV already reached ``--steps`` under ``--results`` is skipped; a job
+with a checkpoint in its work directory continues with ``--resume``, so a queue killed at the end of a
+session picks up where it stopped. Each finished run's ``progress.csv`` and ``config.json`` are copied to
+``benchmarks/results/runs/<run>/`` as soon as it ends.
+
+Run (repo root):
+    python3 benchmarks/table1.py --tasks HalfCheetah Hopper --algos eag none --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+RUNS = Path(__file__).resolve().parent / "results" / "runs"
+
+
+def run_name(task: str, algo: str, seed: int) -> str:
+    """The run directory name, e.g. ``hopper-eag-s0``."""
+    return f"{task.lower()}-{algo}-s{seed}"
+
+
+def finished_steps(csv_path: Path) -> int:
+    """The last ``real_steps`` recorded in a progress CSV (0 when there is none)."""
+    if not csv_path.exists():
+        return 0
+    with csv_path.open() as handle:
+        steps = [int(float(row["real_steps"])) for row in csv.DictReader(handle)]
+    return max(steps, default=0)
+
+
+def command(task: str, algo: str, seed: int, steps: int, out: Path) -> list[str]:
+    """The `agd` command line that runs (or resumes) one job."""
+    if algo == "ppo":
+        return ["agd", "baseline", "ppo", "--task", task, "--steps", str(steps), "--seed", str(seed), "--out", str(out)]
+    if (out / "checkpoint").exists():
+        return ["agd", "train", "--resume", "--out", str(out)]
+    return ["agd", "train", "--task", task, "--guide", algo, "--steps", str(steps), "--seed", str(seed), "--out", str(out)]
+
+
+def run_job(task: str, algo: str, seed: int, steps: int, work_dir: Path, results: Path) -> str:
+    """Run one job to completion and copy its CSV and config into ``results``; returns a status line."""
+    name = run_name(task, algo, seed)
+    if finished_steps(results / name / "progress.csv") >= steps:
+        return f"{name}: already in {results}"
+    out = work_dir / name
+    if algo == "ppo" and out.exists():
+        shutil.rmtree(out)  # SB3 runs do not resume; start over
+    argv = command(task, algo, seed, steps, out)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    start = time.time()
+    with (work_dir / f"{name}.log").open("a") as log:
+        log.write(f"$ {' '.join(argv)}\n")
+        log.flush()
+        code = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, env=env, check=False).returncode
+    minutes = (time.time() - start) / 60
+    if code != 0 or finished_steps(out / "progress.csv") < steps:
+        return f"{name}: FAILED (exit {code}) after {minutes:.1f} min; see {work_dir / (name + '.log')}"
+    (results / name).mkdir(parents=True, exist_ok=True)
+    for file in ("progress.csv", "config.json"):
+        if (out / file).exists():
+            shutil.copy2(out / file, results / name / file)
+    return f"{name}: done in {minutes:.1f} min"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", default=["Hopper", "HalfCheetah"])
+    parser.add_argument("--algos", nargs="+", default=["eag", "none", "ppo", "sag", "reward"],
+                        choices=["eag", "sag", "reward", "none", "ppo"])  # fmt: skip
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=100_000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--work-dir", type=Path, default=Path("runs/table1"))
+    parser.add_argument("--results", type=Path, default=RUNS)
+    args = parser.parse_args()
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    jobs = list(itertools.product(args.tasks, args.algos, args.seeds))
+    with ThreadPoolExecutor(max_workers=args.workers) as pool:
+        futures = [pool.submit(run_job, task, algo, seed, args.steps, args.work_dir, args.results) for task, algo, seed in jobs]
+        for future in futures:
+            print(future.result(), flush=True, file=sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
