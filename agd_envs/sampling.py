@@ -58,6 +58,9 @@ the prefix pattern the world model is trained on (agd_envs/training.py).
 ``action_guidance="grad"`` is PolyGRAD's variant (actions start N(0, I) normalized; per step clamp to
 mean +- 3 std, one step of size ``action_guidance_scale`` along grad log pi for a Gaussian policy,
 plus sqrt(Sigma_t) noise). An actor that returns a tensor is deterministic: a_t = actor(s_hat_t).
+The denoiser is conditioned on the actions clipped to the task's bounds -- what a v5 env executes and
+what the collector stores -- while ``Imagined.actions`` keeps the policy's unclipped samples, whose
+log pi the actor-critic differentiates (as an agent does with the actions it sends to a real env).
 
 Random numbers, in order from ``generator``: x_T; then xi (reparam) or the initial actions (grad);
 then per step the move's noise (eta > 0, not the last step) and, for grad, the action noise.
@@ -265,9 +268,10 @@ class _Actions:
         mode: str,
         scale: float,
         generator: torch.Generator | None,
+        bounds: tuple[float, float] | None = None,
     ) -> None:
         self.known, self.norm, self.actor, self.mode, self.scale = known, norm, actor, mode, scale
-        self.generator = generator
+        self.generator, self.bounds = generator, bounds
         self.real = known.actions
         self.mask = known.action_known
         self.active = actor is not None and not bool(known.action_known.all())
@@ -287,8 +291,9 @@ class _Actions:
 
     @property
     def normalized(self) -> Tensor:
-        """``B x H x A`` normalized actions, 0 where masked."""
-        z = self.norm.normalize_actions(self.real)
+        """``B x H x A`` normalized actions, 0 where masked; clipped to the bounds first (what the env executes)."""
+        executed = self.real if self.bounds is None else self.real.clamp(*self.bounds)
+        z = self.norm.normalize_actions(executed)
         return torch.where(self.mask[..., None], z, torch.zeros_like(z))
 
     def _draw(self, states: Tensor) -> Tensor:
@@ -384,7 +389,8 @@ def sample(
     guide_kwargs = dict(layout=layout, normalizer=norm, task=model.task, critic=critic, gamma=gamma)
 
     x = known.inpaint(torch.randn(batch, layout.x_dim, generator=generator, device=device, dtype=dtype))
-    acts = _Actions(known, norm, actor, action_guidance, action_guidance_scale, generator)
+    bounds = (model.task.action_low, model.task.action_high)
+    acts = _Actions(known, norm, actor, action_guidance, action_guidance_scale, generator, bounds)
     x0 = x
     for i, t in enumerate(times):
         t_prev = times[i + 1] if i + 1 < len(times) else -1

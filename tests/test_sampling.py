@@ -31,7 +31,8 @@ class Recorder:
 
     def denoise(self, x_t, t, actions, action_mask, known, known_mask):
         x0 = self.model.denoise(x_t, t, actions, action_mask, known, known_mask)
-        self.calls.append(dict(x_t=x_t.clone(), t=t.clone(), action_mask=action_mask.clone(), x0=x0.clone()))
+        self.calls.append(dict(x_t=x_t.clone(), t=t.clone(), actions=actions.clone(), action_mask=action_mask.clone(),
+                               x0=x0.clone()))  # fmt: skip
         return x0
 
 
@@ -138,6 +139,28 @@ def test_actor_inputs_across_steps() -> None:
     first = model.calls[0]["action_mask"]
     assert first[:, 0].all() and not first[:, 1:].any()
     assert all(call["action_mask"].all() for call in model.calls[1:])
+
+
+def _wide_actor(s: torch.Tensor) -> Independent:
+    """Normal(0, 4^2) actions: most draws leave the toy task's [-1, 1] box."""
+    shape = s.shape[:-1] + (LAYOUT.act_dim,)
+    return Independent(Normal(torch.zeros(shape, dtype=F64), torch.full(shape, 4.0, dtype=F64)), 1)
+
+
+def test_the_denoiser_sees_clipped_actions_and_the_agent_gets_its_samples() -> None:
+    """The model is conditioned on what the env would execute; Imagined.actions keeps the policy's draws."""
+    model = Recorder(ToyDenoiser(LAYOUT))
+    cond = Conditioning.from_start(_s0(), horizon=LAYOUT.horizon)
+    out = _run(model, cond, seed=2, steps=3, actor=_wide_actor)
+    assert out.actions.abs().max() > 3.0
+    for call in model.calls:
+        seen = model.normalizer.unnormalize_actions(call["actions"])[call["action_mask"]]
+        assert seen.min() >= -1.0 - 1e-12 and seen.max() <= 1.0 + 1e-12
+    # Deterministic actors at +1 and at +7 condition the model identically.
+    at_edge, beyond = (_run(ToyDenoiser(LAYOUT), cond, seed=2, steps=3, actor=lambda s, c=c: c + 0 * s[..., :2])
+                       for c in (1.0, 7.0))  # fmt: skip
+    torch.testing.assert_close(at_edge.states, beyond.states, rtol=0, atol=0)
+    assert torch.equal(beyond.actions, torch.full_like(beyond.actions, 7.0))
 
 
 def test_ddpm_step_is_the_ancestral_posterior_sample() -> None:
