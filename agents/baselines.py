@@ -48,6 +48,7 @@ def run_baseline(algo: str, task: str, steps: int, seed: int, out: str | Path, *
     try:
         import gymnasium as gym
         from stable_baselines3.common.callbacks import BaseCallback
+        from stable_baselines3.common.logger import Logger
         from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
     except ImportError as err:
         raise ImportError("baselines need Stable-Baselines3: pip install 'agd-envs[sb3]'") from err
@@ -64,6 +65,7 @@ def run_baseline(algo: str, task: str, steps: int, seed: int, out: str | Path, *
     env.seed(seed)
     hyper = dict((PPO_ZOO if algo == "ppo" else TRPO_ZOO)[spec.name])
     model = Algorithm("MlpPolicy", env, seed=seed, device=device, verbose=0, **hyper)
+    model.set_logger(Logger(folder=None, output_formats=[]))  # progress.csv is ours; no empty /tmp/SB3-* dir per run
     log, start = RunLog(out), time.perf_counter()
 
     def act(obs: np.ndarray) -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +27,15 @@ def test_mean_and_standard_error_over_seeds() -> None:
     np.testing.assert_allclose(stderr, [1.0 / np.sqrt(3)] * 2)  # std of (0, 1, 2) is 1
 
 
-def test_baseline_logs_the_agd_columns_and_plots_with_agd_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "reacher-ppo-s0"
+def test_baseline_logs_the_agd_columns_and_plots_with_agd_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out, scratch = tmp_path / "reacher-ppo-s0", tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # SB3's default logger would make SB3-<date> here
     agd_main(["baseline", "ppo", "--task", "Reacher", "--steps", "1024", "--seed", "0", "--out", str(out),
               "--eval-every", "512"])  # fmt: skip
+    assert list(scratch.glob("SB3-*")) == []
     with (out / "progress.csv").open(newline="") as f:
         reader = csv.DictReader(f)
         rows = list(reader)
