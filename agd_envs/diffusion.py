@@ -96,10 +96,22 @@ def step_to(
 
 
 def sampling_steps(num_train_steps: int, num_sampling_steps: int) -> list[int]:
-    """Evenly spaced decreasing training steps to visit, e.g. (128, 4) -> [127, 95, 63, 31]."""
+    """Decreasing training steps from N-1 down to 0, quadratically spaced, e.g. (128, 4) -> [127, 56, 14, 0].
+
+    Dense at low noise, as DDIM's "quadratic" selection; every schedule ends at t = 0, so the last x0
+    estimate is made from an almost clean x_t. Measured (``benchmarks/sampler_efficiency.py``, K = 4,
+    step-H error against the 128-step reference): ending at t = N/K - 1 instead ([127, 95, 63, 31])
+    cost 1.49x vs 1.03x on Reacher and 0.86x vs 0.80x on HalfCheetah. Steps are kept distinct, so
+    K = N visits every step. One step is [N-1] (the x0 estimate from pure noise).
+    """
     if not 1 <= num_sampling_steps <= num_train_steps:
         raise ValueError(
             f"sampling steps must be in 1..{num_train_steps} (the model's diffusion steps), got {num_sampling_steps}"
         )
-    stride = num_train_steps / num_sampling_steps
-    return sorted({int(round(num_train_steps - 1 - i * stride)) for i in range(num_sampling_steps)}, reverse=True)
+    if num_sampling_steps == 1:
+        return [num_train_steps - 1]
+    last = num_sampling_steps - 1
+    steps = [0] * num_sampling_steps
+    for i in range(last - 1, -1, -1):  # from the end: quadratic, but at least one above the next
+        steps[i] = max(round((num_train_steps - 1) * (1 - i / last) ** 2), steps[i + 1] + 1)
+    return steps

@@ -161,9 +161,12 @@ class WorldModelConfig:
 # and .031 -- on a CPU budget more updates beat a wider net. Earlier sweeps (2 threads): lr 1e-3 beat
 # 3e-4; N=32 with tau=1 beat PolyGRAD's Hopper schedule (N=128, tau=0.1) by 1.2-1.4x at t=1; s_0
 # anchors cut the t=1 error by ~20%; x0-prediction, because eps-prediction with 1-4 DDIM steps divides
-# by sqrt(alpha_bar) ~ 0 at the first step (MSE ~1e4); min-SNR weighting was 2-6x worse.
+# by sqrt(alpha_bar) ~ 0 at the first step (MSE ~1e4); min-SNR weighting was 2-6x worse. N = 128 (the
+# paper's; training cost does not depend on N, sampling cost only on the steps visited): its finer
+# low-noise end keeps Reacher's fine arm geometry -- 4 steps ending at t = 0 reach 1.03x the 128-step
+# reference's step-H error against 1.33x with N = 32 (benchmarks/sampler_efficiency.py).
 _CPU_PRESET: dict[str, Any] = dict(
-    horizon=10, diffusion_steps=32, sampling_steps=4, width=256, depth=3, embed_dim=128,
+    horizon=10, diffusion_steps=128, sampling_steps=4, width=256, depth=3, embed_dim=128,
     schedule_temperature=1.0, anchor_states=True, batch_size=256, lr=1e-3, ema_decay=0.995,
 )  # fmt: skip
 

@@ -121,12 +121,12 @@ class BootstrapCheck(BaseCallback):
 
 def test_sb3_bootstraps_at_dream_truncations(model: WorldModel, data: EpisodeDataset) -> None:
     torch.manual_seed(0)
-    args = sb3_args(n_steps=128, dream_envs=2)
+    args = sb3_args(n_steps=256, dream_envs=2)
     ppo = sb3_ppo_dream.build_ppo(args, model, data)
     check = BootstrapCheck()
     ppo.learn(args.n_steps * args.dream_envs, callback=check)
     assert len(check.raw) == args.n_steps
-    assert check.truncations >= 5 and check.terminations >= 5  # measured 11 and 19: both paths were checked
+    assert check.truncations >= 5 and check.terminations >= 3  # measured 45 and 6: both paths were checked
 
 
 def test_sb3_example_loop_runs(model: WorldModel, tmp_path) -> None:

@@ -122,7 +122,7 @@ def test_presets_have_the_stated_sizes() -> None:
     assert (paper.prediction, paper.batch_size, paper.lr, paper.schedule_temperature) == ("x0", 256, 3e-4, 0.1)
     assert WorldModelConfig.preset("paper", "HalfCheetah").schedule_temperature == 1.0
     cpu = WorldModelConfig.preset("cpu", "Hopper")
-    assert (cpu.horizon, cpu.diffusion_steps, cpu.sampling_steps, cpu.width, cpu.depth) == (10, 32, 4, 256, 3)
+    assert (cpu.horizon, cpu.diffusion_steps, cpu.sampling_steps, cpu.width, cpu.depth) == (10, 128, 4, 256, 3)
     assert cpu.anchor_states and cpu.prediction == "x0"
     # Residual MLP 1024 x 6 (one Linear per block) + I/O layers + step embedding: ~7.6M parameters for Hopper.
     assert 7.0e6 < WorldModel(paper).num_parameters() < 8.0e6
