@@ -268,7 +268,7 @@ class _Actions:
         mode: str,
         scale: float,
         generator: torch.Generator | None,
-        bounds: tuple[float, float] | None = None,
+        bounds: tuple[float, float],
     ) -> None:
         self.known, self.norm, self.actor, self.mode, self.scale = known, norm, actor, mode, scale
         self.generator, self.bounds = generator, bounds
@@ -292,8 +292,7 @@ class _Actions:
     @property
     def normalized(self) -> Tensor:
         """``B x H x A`` normalized actions, 0 where masked; clipped to the bounds first (what the env executes)."""
-        executed = self.real if self.bounds is None else self.real.clamp(*self.bounds)
-        z = self.norm.normalize_actions(executed)
+        z = self.norm.normalize_actions(self.real.clamp(*self.bounds))
         return torch.where(self.mask[..., None], z, torch.zeros_like(z))
 
     def _draw(self, states: Tensor) -> Tensor:
@@ -389,7 +388,7 @@ def sample(
     guide_kwargs = dict(layout=layout, normalizer=norm, task=model.task, critic=critic, gamma=gamma)
 
     x = known.inpaint(torch.randn(batch, layout.x_dim, generator=generator, device=device, dtype=dtype))
-    bounds = (model.task.action_low, model.task.action_high)
+    bounds = (model.task.action_low, model.task.action_high)  # the denoiser sees what the env would execute
     acts = _Actions(known, norm, actor, action_guidance, action_guidance_scale, generator, bounds)
     x0 = x
     for i, t in enumerate(times):
