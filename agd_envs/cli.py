@@ -34,7 +34,7 @@ def _fit(args: argparse.Namespace) -> None:
 
     out = fit_main(
         task=args.task, dataset=args.dataset, preset=args.preset, steps=args.steps,
-        out=args.out, seed=args.seed, device=args.device,
+        out=args.out, seed=args.seed, device=args.device, reward_head=args.reward_head,
     )
     print(f"saved world model to {out}")
 
@@ -50,6 +50,8 @@ def _train(args: argparse.Namespace) -> None:
         if not args.task:
             raise ValueError("--task is required for a new run")
         overrides = {k: v for k, v in vars(args).items() if k in _TRAIN_OVERRIDES and v is not None}
+        if args.reward_head:
+            overrides["model"] = {"reward_head": True}
         config = TrainerConfig.for_task(args.task, guide=args.guide, steps=args.steps, seed=args.seed, **overrides)
     trainer = AGDTrainer(config, args.out, resume=args.resume)
     rows = trainer.train()
@@ -128,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--out", required=True)
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--device", default="cpu")
+    fit.add_argument("--reward-head", dest="reward_head", action="store_true",
+                     help="add the per-transition reward head (WorldModelConfig.reward_head)")  # fmt: skip
     fit.set_defaults(func=_fit)
 
     train = sub.add_parser("train", help="AGD-MBRL training (paper Algorithm 1) on a real task")
@@ -148,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--num-envs", dest="num_envs", type=int)
     train.add_argument("--model-preset", dest="model_preset", choices=["cpu", "paper"])
     train.add_argument("--device")
+    train.add_argument("--reward-head", dest="reward_head", action="store_true",
+                       help="predict rewards with a per-transition head on (s, a, s') instead of the denoised entries")  # fmt: skip
     train.add_argument("--plot", action="store_true", help="write learning_curve.png into the run directory")
     train.set_defaults(func=_train)
 

@@ -7,7 +7,7 @@ terminations ``B x H``) and, for the advantage guides, the caller's state-value 
 name       log f(tau)                          entries it moves
 =========  ==================================  =====================================================
 ``none``   0 (PolyGRAD; never calls a critic)  none
-``reward`` sum_t r_t (online Diffuser)         rewards (our rewards are denoised entries, not r(s,a))
+``reward`` sum_t r_t (online Diffuser)         rewards (states, through a model's reward head if it has one)
 ``eag``    sum_t A_t (paper §V, EAG)           states (paper: guide the state components)
 ``sag``    sum_t log sigmoid(A_t) (SAG)        states; gradient sum_t sigmoid(-A_t) grad A_t
 =========  ==================================  =====================================================
@@ -37,6 +37,7 @@ p(tau) f(tau); relation to the reference's c sigma_t^4 step): see the agd_envs.s
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import itertools
 from dataclasses import dataclass
@@ -52,6 +53,9 @@ from agd_envs.tasks import Task
 
 Critic = Callable[[Tensor], Tensor]
 """``critic(obs: B x S real units) -> B or B x 1`` state values, differentiable (design.md)."""
+
+RewardFn = Callable[[Tensor], Tensor]
+"""``reward_fn(states: B x (H+1) x S real) -> B x H`` real rewards, differentiable (a world model's reward head)."""
 
 LogF = Callable[[Tensor, Tensor, "Critic | None", Tensor, float], Tensor]
 
@@ -151,6 +155,10 @@ class Guide:
                 f"model.policy.predict_values), or use guide='none' or guide='reward'"
             )
 
+    def for_reward_model(self) -> "Guide":
+        """This guide for a model whose rewards are functions of its states: a reward guide moves the states."""
+        return dataclasses.replace(self, moves="states") if self.moves == "rewards" else self
+
     def entry_mask(self, layout: SegmentLayout, device: torch.device | str | None = None) -> Tensor:
         """``Dx`` bool: the entries of ``x`` this guide moves (all False for ``none``)."""
         states = layout.state_mask(device)
@@ -195,16 +203,20 @@ def segment_log_f(
     task: Task | None,
     critic: Critic | None,
     gamma: float,
+    reward_fn: RewardFn | None = None,
 ) -> Tensor:
     """log f of normalized segments ``B x Dx`` -> ``B``; differentiable only through ``guide.entry_mask`` entries.
 
     The segment is unnormalized first (the critic and rewards are in real units); entries the guide
     does not move are detached, so autograd gives exactly the gradient the sampler may apply.
+    With ``reward_fn`` (a world model's reward head) the rewards are ``reward_fn(states)`` instead of the
+    reward entries, so they carry the states' gradient (pass ``guide.for_reward_model()``).
     """
     guide.check_critic(critic)
     x = torch.where(guide.entry_mask(layout, x.device), x, x.detach())
     states_z, rewards_z = layout.unpack(x)
-    states, rewards = normalizer.unnormalize_states(states_z), normalizer.unnormalize_rewards(rewards_z)
+    states = normalizer.unnormalize_states(states_z)
+    rewards = normalizer.unnormalize_rewards(rewards_z) if reward_fn is None else reward_fn(states)
     with torch.no_grad():
         if task is None:
             done = torch.zeros(rewards.shape, dtype=torch.bool, device=x.device)
@@ -222,6 +234,7 @@ def guide_gradient(
     task: Task | None,
     critic: Critic | None,
     gamma: float,
+    reward_fn: RewardFn | None = None,
 ) -> Tensor:
     """grad of log f w.r.t. normalized segments ``B x Dx`` -> ``B x Dx``; zero off the guide's entries.
 
@@ -231,7 +244,8 @@ def guide_gradient(
         return torch.zeros_like(x)
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
-        log_f = segment_log_f(guide, x, layout=layout, normalizer=normalizer, task=task, critic=critic, gamma=gamma)
+        log_f = segment_log_f(guide, x, layout=layout, normalizer=normalizer, task=task, critic=critic, gamma=gamma,
+                              reward_fn=reward_fn)  # fmt: skip
         if not log_f.requires_grad:  # e.g. a constant critic: log f does not depend on x
             return torch.zeros_like(x)
         (grad,) = torch.autograd.grad(log_f.sum(), x, allow_unused=True)

@@ -80,6 +80,7 @@ from agd_envs.diffusion import NoiseSchedule, sampling_steps, step_to
 from agd_envs.guides import (
     Critic,
     Guide,
+    RewardFn,
     advantages,
     call_net,
     finite_or_zero,
@@ -322,6 +323,13 @@ class _Actions:
         self.mask = torch.ones_like(self.mask)
 
 
+def _reward_fn(model: Denoiser, acts: _Actions) -> RewardFn | None:
+    """Real rewards of real states under the current actions from the model's reward head (None without one)."""
+    if getattr(model, "reward_head", None) is None:
+        return None
+    return lambda states: model.head_rewards(states, acts.real)  # type: ignore[attr-defined]
+
+
 def _bounded(shift: Tensor, max_shift: float | None) -> Tensor:
     """Clip a guide shift to +-max_shift per entry (inf -> the bound) and zero any NaN."""
     if max_shift is not None:
@@ -384,12 +392,14 @@ def sample(
     known = _prepare(cond, layout, norm, device, dtype)
     batch = known.x.shape[0]
     times = sampling_steps(schedule.num_steps, default_steps(model, steps))
-    guided = guide.moves is not None and alpha != 0.0
-    guide_kwargs = dict(layout=layout, normalizer=norm, task=model.task, critic=critic, gamma=gamma)
-
     x = known.inpaint(torch.randn(batch, layout.x_dim, generator=generator, device=device, dtype=dtype))
     bounds = (model.task.action_low, model.task.action_high)  # the denoiser sees what the env would execute
     acts = _Actions(known, norm, actor, action_guidance, action_guidance_scale, generator, bounds)
+    reward_fn = _reward_fn(model, acts)
+    if reward_fn is not None:
+        guide = guide.for_reward_model()
+    guided = guide.moves is not None and alpha != 0.0
+    guide_kwargs = dict(layout=layout, normalizer=norm, task=model.task, critic=critic, gamma=gamma, reward_fn=reward_fn)
     x0 = x
     for i, t in enumerate(times):
         t_prev = times[i + 1] if i + 1 < len(times) else -1
@@ -419,7 +429,10 @@ def sample(
         acts.update(known.real_states(x0, norm, layout), variance, last=t_prev < 0)
 
     states = known.real_states(x0, norm, layout)
-    rewards = torch.where(known.reward_known, known.rewards, norm.unnormalize_rewards(layout.unpack(x0)[1]))
+    rewards = norm.unnormalize_rewards(layout.unpack(x0)[1])
+    if reward_fn is not None:  # the head needs the action: only where it is known (or drawn)
+        rewards = torch.where(acts.mask, reward_fn(states), rewards)
+    rewards = torch.where(known.reward_known, known.rewards, rewards)
     terminations = model.task.terminated(states[:, 1:])
     adv = None if critic is None else advantages(states, rewards, critic, terminations, gamma)
     return Imagined(states=states, actions=acts.real, rewards=rewards, terminations=terminations, advantages=adv)

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from agd_envs.diffusion import NoiseSchedule, q_sample
 from agd_envs.normalization import HasStatistics
+from agd_envs.reward_head import reward_head_loss
 from agd_envs.segments import SegmentLayout
 from agd_envs.tasks import get_task
 from agd_envs.world_model import WorldModel, WorldModelConfig
@@ -72,7 +73,10 @@ def loss_weight(schedule: NoiseSchedule, t: torch.Tensor, like: torch.Tensor, co
 def diffusion_loss(
     model: WorldModel, batch: SegmentBatch, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """Masked L2 denoising loss of ``model.network`` on one batch of real-unit segments (scalar)."""
+    """Masked L2 denoising loss of ``model.network`` on one batch of real-unit segments (scalar).
+
+    With a reward head, its MSE on the batch's real transitions is added (one optimizer for both).
+    """
     config, layout, norm = model.config, model.layout, model.normalizer
     device = model.device
     states = norm.normalize_states(batch.states.to(device))
@@ -88,7 +92,10 @@ def diffusion_loss(
     prediction, target = (x0_hat, x0) if config.prediction == "x0" else (raw, noise)
     unknown = (~known_mask).to(x0.dtype)
     weight = loss_weight(model.schedule, t, x0, config) * entry_weights(layout, config.reward_weight, x0)
-    return (weight * unknown * (prediction - target).square()).sum() / unknown.sum().clamp_min(1.0)
+    loss = (weight * unknown * (prediction - target).square()).sum() / unknown.sum().clamp_min(1.0)
+    if model.reward_head is not None:
+        loss = loss + reward_head_loss(model.reward_head, states, actions, rewards)
+    return loss
 
 
 def entry_weights(layout: SegmentLayout, reward_weight: float, like: torch.Tensor) -> torch.Tensor:
@@ -112,7 +119,7 @@ def _optimizer(model: WorldModel) -> torch.optim.Optimizer:
     """The model's Adam, created on first use and kept on the model so repeated fits continue."""
     if model.optimizer is None:
         model.optimizer = torch.optim.AdamW(
-            model.network.parameters(), lr=model.config.lr, weight_decay=model.config.weight_decay
+            model.trainable_parameters(), lr=model.config.lr, weight_decay=model.config.weight_decay
         )
     # Moments created before a .to(device) stay behind; move them along with the parameters.
     for state in model.optimizer.state.values():
@@ -162,7 +169,7 @@ def fit(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.network.parameters(), config.grad_clip)
+            torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), config.grad_clip)
         optimizer.step()
         update_ema(model)
         model.num_updates += 1
@@ -181,7 +188,9 @@ def fit(
     return log
 
 
-def fit_main(task: str, dataset: str, preset: str, steps: int, out: str, seed: int, device: str) -> Path:
+def fit_main(
+    task: str, dataset: str, preset: str, steps: int, out: str, seed: int, device: str, reward_head: bool = False
+) -> Path:
     """``agd fit``: train a ``preset`` world model for ``task`` on the dataset at ``dataset``, save to ``out``."""
     from agd_envs.datasets import EpisodeDataset
 
@@ -190,7 +199,7 @@ def fit_main(task: str, dataset: str, preset: str, steps: int, out: str, seed: i
     if wanted.name != found.name:
         raise ValueError(f"dataset {dataset} holds {found.name} data, not {wanted.name}; pass --task {found.name}")
     torch.manual_seed(seed)
-    model = WorldModel(WorldModelConfig.preset(preset, wanted)).to(device)
+    model = WorldModel(WorldModelConfig.preset(preset, wanted, reward_head=reward_head)).to(device)
     log = fit(model, data, steps, generator=torch.Generator().manual_seed(seed))
     path = model.save(out)
     print(f"saved {path} after {int(model.num_updates)} updates, final loss {log[-1]['loss']:.4f}")

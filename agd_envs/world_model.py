@@ -24,6 +24,7 @@ from torch import nn
 from agd_envs.denoiser import SegmentDenoiser
 from agd_envs.diffusion import NoiseSchedule, cosine_schedule, x0_from_eps
 from agd_envs.normalization import Normalizer
+from agd_envs.reward_head import RewardHead
 from agd_envs.segments import SegmentLayout
 from agd_envs.tasks import Task, get_task
 
@@ -94,6 +95,10 @@ class WorldModelConfig:
     the closed-loop prefix pattern (s_0..s_k, r_0..r_{k-1}, a_0..a_k known, k ~ U{0..H-1})."""
     dtype: str = "float32"
     """Compute dtype of the network: ``float32``, or ``bfloat16`` (autocast, CUDA only; weights stay float32)."""
+    reward_head: bool = False
+    """Predict each reward from its transition (s_t, a_t, s_{t+1}) with a separate MLP trained beside the
+    denoiser (agd_envs/reward_head.py) instead of using the denoised reward entries. Off by default (the
+    paper denoises rewards jointly); on, it restores the action's cost that the denoised rewards miss."""
 
     def __post_init__(self) -> None:
         get_task(self.task)  # raises with a suggestion on a typo
@@ -149,11 +154,15 @@ class WorldModelConfig:
         unknown = sorted(set(data) - names)
         if unknown:
             raise ValueError(f"unknown WorldModelConfig keys {unknown}; known keys: {sorted(names)}")
+        data = {**_ADDED_LATER, **data}  # checkpoints written before these fields existed
         missing = sorted(names - set(data))
         if missing:
             raise ValueError(f"WorldModelConfig is missing keys {missing}")
         return cls(**data)
 
+
+_ADDED_LATER: dict[str, Any] = {"reward_head": False}
+"""Fields added after format version 1, with the value that reproduces older checkpoints."""
 
 # Chosen by measurement on hopper-mixed (held-out joint-sampling state error; the issue notes and
 # benchmarks/results/model_floor_*.json): with 120 s of training on 1 thread, 256x3 (~66 updates/s,
@@ -199,6 +208,7 @@ class WorldModel(nn.Module):
             time_injection=config.time_injection,
         )
         self.ema_network = copy.deepcopy(self.network).requires_grad_(False)
+        self.reward_head = RewardHead(self.task.obs_dim, self.task.act_dim) if config.reward_head else None
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
         # Training state that survives repeated fit() calls in one process (periodic refit);
         # not saved in checkpoints: a loaded model continues with a fresh optimizer.
@@ -255,6 +265,18 @@ class WorldModel(nn.Module):
         """
         return self.predict_x0(self.ema_network, x_t, t, actions, action_mask, known, known_mask)[1]
 
+    def head_rewards(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Real-unit rewards ``B x H`` of real states ``B x (H+1) x S`` and actions ``B x H x A`` from the reward head.
+
+        Differentiable in the states; actions are clipped to the task's bounds first (what the env executes).
+        """
+        if self.reward_head is None:
+            raise ValueError("this world model has no reward head; build it with WorldModelConfig(reward_head=True)")
+        norm = self.normalizer
+        actions = actions.clamp(self.task.action_low, self.task.action_high)
+        z = self.reward_head(norm.normalize_states(states), norm.normalize_actions(actions))
+        return norm.unnormalize_rewards(z)
+
     def _autocast(self, x: torch.Tensor) -> bool:
         return self.config.dtype == "bfloat16" and x.device.type == "cuda"
 
@@ -264,9 +286,14 @@ class WorldModel(nn.Module):
 
         return fit(self, dataset, steps, **kwargs)
 
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """What ``fit`` optimizes: the denoiser and, when configured, the reward head (not the EMA copy)."""
+        head = [] if self.reward_head is None else list(self.reward_head.parameters())
+        return list(self.network.parameters()) + head
+
     def num_parameters(self) -> int:
-        """Trainable parameters of the denoiser (the EMA copy not counted)."""
-        return sum(p.numel() for p in self.network.parameters())
+        """Trainable parameters (the EMA copy not counted)."""
+        return sum(p.numel() for p in self.trainable_parameters())
 
     # ----------------------------------------------------------------------------------- checkpoints
     def save(self, directory: str | Path) -> Path:

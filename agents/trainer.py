@@ -105,9 +105,12 @@ class TrainerConfig:
 
     @classmethod
     def for_task(cls, task: str, **overrides: Any) -> "TrainerConfig":
-        """Per-task defaults (the one place they live), then ``overrides``."""
+        """Per-task defaults (the one place they live), then ``overrides``; ``model``/``a2c`` dicts are merged."""
         name = get_task(task).name
-        fields = {**TASK_DEFAULTS.get(name, {}), **overrides}
+        defaults = TASK_DEFAULTS.get(name, {})
+        fields = {**defaults, **overrides}
+        for key in ("model", "a2c"):
+            fields[key] = {**defaults.get(key, {}), **overrides.get(key, {})}
         return cls(task=name, **fields)
 
 
@@ -319,10 +322,12 @@ class AGDTrainer:
 
 
 def run_label(config: TrainerConfig) -> str:
-    """A run's ``algo`` label: ``agd-<guide>``, plus ``-alpha<α>`` when the guide scale is not the task's default."""
+    """A run's ``algo`` label: ``agd-<guide>``, plus ``-alpha<α>`` when the guide scale is not the task's default
+    and ``-rhead`` when the world model predicts rewards with a reward head."""
     alpha = config.alpha
     custom = config.guide != "none" and alpha is not None and alpha != get_task(config.task).guide_scale
-    return f"agd-{config.guide}" + (f"-alpha{alpha:g}" if custom else "")
+    head = bool(config.model.get("reward_head", False))
+    return f"agd-{config.guide}" + (f"-alpha{alpha:g}" if custom else "") + ("-rhead" if head else "")
 
 
 def config_from_run(run_dir: str | Path) -> TrainerConfig:

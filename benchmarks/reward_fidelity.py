@@ -11,6 +11,10 @@ price much smaller than the real one makes saturated actions look cheap in the d
 Run (repo root):
     python3 benchmarks/reward_fidelity.py --task HalfCheetah
     python3 benchmarks/reward_fidelity.py --task HalfCheetah --models runs/x/checkpoint/model --name reward_fidelity_x
+    python3 benchmarks/reward_fidelity.py --task HalfCheetah --train-updates 2000 --name reward_fidelity_halfcheetah_head
+
+``--train-updates K`` trains two ``cpu``-preset models on the shipped data with the same seed and K
+updates, one with the per-transition reward head (``reward_head=True``) and one without, and measures both.
 """
 
 from __future__ import annotations
@@ -23,10 +27,11 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from agd_envs.defaults import default_model
+from agd_envs.datasets import EpisodeDataset
+from agd_envs.defaults import default_dataset_path, default_model
 from agd_envs.sampling import Conditioning, sample
 from agd_envs.tasks import Task, get_task
-from agd_envs.world_model import WorldModel
+from agd_envs.world_model import WorldModel, WorldModelConfig
 
 try:
     from benchmarks._common import write_result
@@ -96,10 +101,23 @@ def measure(model: WorldModel, task: Task, starts: list, seed: int, steps: int |
     return rows
 
 
+def paired_models(task: Task, updates: int, seed: int) -> dict[str, WorldModel]:
+    """Two cpu-preset models trained alike on the shipped data: denoised reward entries vs the reward head."""
+    data = EpisodeDataset.open(default_dataset_path(task))
+    models = {}
+    for name, head in (("denoised_rewards", False), ("reward_head", True)):
+        torch.manual_seed(seed)
+        model = WorldModel(WorldModelConfig.preset("cpu", task, reward_head=head))
+        model.fit(data, updates, generator=torch.Generator().manual_seed(seed), progress=False)
+        models[f"{name}_{updates}_updates"] = model
+    return models
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="HalfCheetah")
     parser.add_argument("--models", nargs="*", default=[], help="WorldModel directories (default: the task's default model)")
+    parser.add_argument("--train-updates", type=int, default=0, help="train paired models with/without a reward head")
     parser.add_argument("--starts", type=int, default=256)
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     parser.add_argument("--seed", type=int, default=0)
@@ -109,7 +127,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     task = get_task(args.task)
     starts = start_states(task, args.starts, args.seed)
-    models = {path: WorldModel.load(path) for path in args.models} or {"default": default_model(task)}
+    models = {path: WorldModel.load(path) for path in args.models}
+    if args.train_updates:
+        models.update(paired_models(task, args.train_updates, args.seed))
+    models = models or {"default": default_model(task)}
     results = {str(Path(name)): measure(model, task, starts, args.seed, args.steps) for name, model in models.items()}
     write_result(args.name or f"reward_fidelity_{task.name.lower()}", {"task": task.name, "starts": args.starts, "models": results})
 
