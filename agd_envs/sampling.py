@@ -10,6 +10,10 @@ the start, in every x0 estimate and in every x_t. The sampler visits ``sampling_
 moves with ``diffusion.step_to`` (eta = 1 with all N steps is DDPM ancestral sampling, eta = 0 is
 DDIM). The result is the last x0 estimate; known entries are returned exactly as given.
 
+Rewards are the denoised reward entries, or, for a model with a reward head
+(``WorldModelConfig.reward_head``), the head's r(s_t, a_t, s_{t+1}) of the final states wherever a_t is
+known or drawn; guides then see the head's rewards as functions of the states (agd_envs/reward_head.py).
+
 Guidance (paper eq. (5), state components). The guide shifts the x0 estimate, not the mean of x_{t-1}:
 
     x0_guided = x0_hat + alpha * Cov[x0 | x_t] * (mask * grad_{x0} log f(x0_hat)),

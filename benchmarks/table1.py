@@ -8,6 +8,7 @@ session picks up where it stopped. Each finished run's ``progress.csv`` and ``co
 
 Run (repo root):
     python3 benchmarks/table1.py --tasks HalfCheetah Hopper --algos eag none --seeds 0 1 2
+    python3 benchmarks/table1.py --tasks HalfCheetah --algos eag --seeds 0 1 2 --reward-head   # <run>-rhead-s<seed>
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ from pathlib import Path
 RUNS = Path(__file__).resolve().parent / "results" / "runs"
 
 
-def run_name(task: str, algo: str, seed: int) -> str:
-    """The run directory name, e.g. ``hopper-eag-s0``."""
-    return f"{task.lower()}-{algo}-s{seed}"
+def run_name(task: str, algo: str, seed: int, reward_head: bool = False) -> str:
+    """The run directory name, e.g. ``hopper-eag-s0`` (``hopper-eag-rhead-s0`` with a reward head)."""
+    return f"{task.lower()}-{algo}{'-rhead' if reward_head else ''}-s{seed}"
 
 
 def finished_steps(csv_path: Path) -> int:
@@ -40,24 +41,25 @@ def finished_steps(csv_path: Path) -> int:
     return max(steps, default=0)
 
 
-def command(task: str, algo: str, seed: int, steps: int, out: Path) -> list[str]:
+def command(task: str, algo: str, seed: int, steps: int, out: Path, reward_head: bool = False) -> list[str]:
     """The `agd` command line that runs (or resumes) one job."""
     if algo == "ppo":
         return ["agd", "baseline", "ppo", "--task", task, "--steps", str(steps), "--seed", str(seed), "--out", str(out)]
     if (out / "checkpoint").exists():
         return ["agd", "train", "--resume", "--out", str(out)]
-    return ["agd", "train", "--task", task, "--guide", algo, "--steps", str(steps), "--seed", str(seed), "--out", str(out)]
+    head = ["--reward-head"] if reward_head else []
+    return ["agd", "train", "--task", task, "--guide", algo, "--steps", str(steps), "--seed", str(seed), "--out", str(out), *head]
 
 
-def run_job(task: str, algo: str, seed: int, steps: int, work_dir: Path, results: Path) -> str:
+def run_job(task: str, algo: str, seed: int, steps: int, work_dir: Path, results: Path, reward_head: bool = False) -> str:
     """Run one job to completion and copy its CSV and config into ``results``; returns a status line."""
-    name = run_name(task, algo, seed)
+    name = run_name(task, algo, seed, reward_head and algo != "ppo")
     if finished_steps(results / name / "progress.csv") >= steps:
         return f"{name}: already in {results}"
     out = work_dir / name
     if algo == "ppo" and out.exists():
         shutil.rmtree(out)  # SB3 runs do not resume; start over
-    argv = command(task, algo, seed, steps, out)
+    argv = command(task, algo, seed, steps, out, reward_head)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     start = time.time()
     with (work_dir / f"{name}.log").open("a") as log:
@@ -81,6 +83,7 @@ def main() -> None:
                         choices=["eag", "sag", "reward", "none", "ppo"])  # fmt: skip
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=100_000)
+    parser.add_argument("--reward-head", action="store_true", help="AGD runs with the per-transition reward head")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--work-dir", type=Path, default=Path("runs/table1"))
     parser.add_argument("--results", type=Path, default=RUNS)
@@ -88,7 +91,8 @@ def main() -> None:
     args.work_dir.mkdir(parents=True, exist_ok=True)
     jobs = list(itertools.product(args.tasks, args.algos, args.seeds))
     with ThreadPoolExecutor(max_workers=args.workers) as pool:
-        futures = [pool.submit(run_job, task, algo, seed, args.steps, args.work_dir, args.results) for task, algo, seed in jobs]
+        futures = [pool.submit(run_job, task, algo, seed, args.steps, args.work_dir, args.results, args.reward_head)
+                   for task, algo, seed in jobs]  # fmt: skip
         for future in futures:
             print(future.result(), flush=True, file=sys.stdout)
 
