@@ -71,19 +71,11 @@ _TRAIN_OVERRIDES = ("imagination", "alpha", "warm_start", "iteration_steps", "ev
 
 
 def _eval(args: argparse.Namespace) -> None:
-    import torch
-
-    from agents.a2c import A2CAgent, A2CConfig
     from agents.evaluation import evaluate
-    from agents.trainer import config_from_run
+    from agents.trainer import agent_from_run
 
-    config = config_from_run(args.run)
+    config, agent = agent_from_run(args.run)
     task = get_task(config.task)
-    agent = A2CAgent(task.obs_dim, task.act_dim, A2CConfig(**config.a2c), action_low=task.action_low, action_high=task.action_high)
-    path = Path(args.run) / "checkpoint" / "agent.pt"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing; the run has no checkpoint yet")
-    agent.load_state_dict(torch.load(path, weights_only=True))
     result = evaluate(task, lambda obs: agent.act(obs, deterministic=True), args.episodes, seed=args.seed, video=args.video)
     print(f"{task.name}: return {result.mean:.1f} ± {result.stderr:.1f} (std {result.std:.1f}, {args.episodes} episodes)")
 

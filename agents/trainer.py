@@ -330,6 +330,18 @@ def run_label(config: TrainerConfig) -> str:
     return f"agd-{config.guide}" + (f"-alpha{alpha:g}" if custom else "") + ("-rhead" if head else "")
 
 
+def agent_from_run(run_dir: str | Path) -> tuple[TrainerConfig, A2CAgent]:
+    """A run's config and its agent with the weights of the run's last checkpoint (CPU)."""
+    config = config_from_run(run_dir)
+    task = get_task(config.task)
+    agent = A2CAgent(task.obs_dim, task.act_dim, A2CConfig(**config.a2c), action_low=task.action_low, action_high=task.action_high)
+    path = Path(run_dir) / "checkpoint" / "agent.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; the run has no checkpoint yet")
+    agent.load_state_dict(torch.load(path, weights_only=True))
+    return config, agent
+
+
 def config_from_run(run_dir: str | Path) -> TrainerConfig:
     """The TrainerConfig saved in a run directory."""
     path = Path(run_dir) / "config.json"

@@ -10,15 +10,13 @@ Run (repo root): python3 benchmarks/policy_saturation.py runs/rhead/halfcheetah-
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 import torch
 
 from agd_envs.tasks import get_task
-from agents.a2c import A2CAgent, A2CConfig
-from agents.trainer import config_from_run
+from agents.trainer import agent_from_run
 
 try:
     from benchmarks._common import write_result
@@ -28,10 +26,8 @@ except ImportError:  # run as a script from the repo root
 
 def saturation(run: str, seed: int = 20_000) -> dict[str, float]:
     """Saturated fraction, forward reward and control cost of one deterministic episode of ``run``'s policy."""
-    config = config_from_run(run)
+    config, agent = agent_from_run(run)
     task = get_task(config.task)
-    agent = A2CAgent(task.obs_dim, task.act_dim, A2CConfig(**config.a2c), action_low=task.action_low, action_high=task.action_high)
-    agent.load_state_dict(torch.load(Path(run) / "checkpoint" / "agent.pt", weights_only=True))
     env = gym.make(task.env_id)
     obs, _ = env.reset(seed=seed)
     actions, forward, ctrl, steps = [], 0.0, 0.0, 0
