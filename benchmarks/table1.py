@@ -3,7 +3,7 @@
 Each job is one (task, algorithm, seed) run of ``--steps`` real steps in ``--work-dir/<task>-<algo>-s<seed>``
 with one torch thread. A job whose CSV already reached ``--steps`` under ``--results`` is skipped; a job
 with a checkpoint in its work directory continues with ``--resume``, so a queue killed at the end of a
-session picks up where it stopped. Each finished run's ``progress.csv`` and ``config.json`` are copied to
+session picks up where it stopped; one killed before its first checkpoint starts over. Each finished run's ``progress.csv`` and ``config.json`` are copied to
 ``benchmarks/results/runs/<run>/`` as soon as it ends.
 
 Run (repo root):
@@ -57,8 +57,8 @@ def run_job(task: str, algo: str, seed: int, steps: int, work_dir: Path, results
     if finished_steps(results / name / "progress.csv") >= steps:
         return f"{name}: already in {results}"
     out = work_dir / name
-    if algo == "ppo" and out.exists():
-        shutil.rmtree(out)  # SB3 runs do not resume; start over
+    if out.exists() and (algo == "ppo" or not (out / "checkpoint").exists()):
+        shutil.rmtree(out)  # SB3 runs do not resume, nor do runs killed before their first checkpoint
     argv = command(task, algo, seed, steps, out, reward_head)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     start = time.time()
