@@ -51,14 +51,21 @@ def command(task: str, algo: str, seed: int, steps: int, out: Path, reward_head:
     return ["agd", "train", "--task", task, "--guide", algo, "--steps", str(steps), "--seed", str(seed), "--out", str(out), *head]
 
 
+def clear_unresumable(out: Path, algo: str) -> bool:
+    """Delete a work directory that cannot resume (any PPO run, an AGD run without a checkpoint); True if deleted."""
+    if out.exists() and (algo == "ppo" or not (out / "checkpoint").exists()):
+        shutil.rmtree(out)  # SB3 runs do not resume, nor do runs killed before their first checkpoint
+        return True
+    return False
+
+
 def run_job(task: str, algo: str, seed: int, steps: int, work_dir: Path, results: Path, reward_head: bool = False) -> str:
     """Run one job to completion and copy its CSV and config into ``results``; returns a status line."""
     name = run_name(task, algo, seed, reward_head and algo != "ppo")
     if finished_steps(results / name / "progress.csv") >= steps:
         return f"{name}: already in {results}"
     out = work_dir / name
-    if out.exists() and (algo == "ppo" or not (out / "checkpoint").exists()):
-        shutil.rmtree(out)  # SB3 runs do not resume, nor do runs killed before their first checkpoint
+    clear_unresumable(out, algo)
     argv = command(task, algo, seed, steps, out, reward_head)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     start = time.time()
