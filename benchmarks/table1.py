@@ -3,8 +3,8 @@
 Each job is one (task, algorithm, seed) run of ``--steps`` real steps in ``--work-dir/<task>-<algo>-s<seed>``
 with one torch thread. A job whose CSV already reached ``--steps`` under ``--results`` is skipped; a job
 with a checkpoint in its work directory continues with ``--resume``, so a queue killed at the end of a
-session picks up where it stopped; one killed before its first checkpoint starts over. Each finished run's ``progress.csv`` and ``config.json`` are copied to
-``benchmarks/results/runs/<run>/`` as soon as it ends.
+session picks up where it stopped; one killed before its first checkpoint starts over. Each finished
+run's ``progress.csv`` and ``config.json`` are copied to ``benchmarks/results/runs/<run>/`` as soon as it ends.
 
 Run (repo root):
     python3 benchmarks/table1.py --tasks HalfCheetah Hopper --algos eag none --seeds 0 1 2
