@@ -204,6 +204,7 @@ def segment_log_f(
     critic: Critic | None,
     gamma: float,
     reward_fn: RewardFn | None = None,
+    reward_offset: Tensor | None = None,
 ) -> Tensor:
     """log f of normalized segments ``B x Dx`` -> ``B``; differentiable only through ``guide.entry_mask`` entries.
 
@@ -211,12 +212,16 @@ def segment_log_f(
     does not move are detached, so autograd gives exactly the gradient the sampler may apply.
     With ``reward_fn`` (a world model's reward head) the rewards are ``reward_fn(states)`` instead of the
     reward entries, so they carry the states' gradient (pass ``guide.for_reward_model()``).
+    ``reward_offset`` (``B x H``, constant) is added to the rewards: the known control term of a model
+    with ``known_action_cost``, whose entries and head leave it out.
     """
     guide.check_critic(critic)
     x = torch.where(guide.entry_mask(layout, x.device), x, x.detach())
     states_z, rewards_z = layout.unpack(x)
     states = normalizer.unnormalize_states(states_z)
     rewards = normalizer.unnormalize_rewards(rewards_z) if reward_fn is None else reward_fn(states)
+    if reward_offset is not None:
+        rewards = rewards + reward_offset.detach()
     with torch.no_grad():
         if task is None:
             done = torch.zeros(rewards.shape, dtype=torch.bool, device=x.device)
@@ -235,6 +240,7 @@ def guide_gradient(
     critic: Critic | None,
     gamma: float,
     reward_fn: RewardFn | None = None,
+    reward_offset: Tensor | None = None,
 ) -> Tensor:
     """grad of log f w.r.t. normalized segments ``B x Dx`` -> ``B x Dx``; zero off the guide's entries.
 
@@ -245,7 +251,7 @@ def guide_gradient(
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
         log_f = segment_log_f(guide, x, layout=layout, normalizer=normalizer, task=task, critic=critic, gamma=gamma,
-                              reward_fn=reward_fn)  # fmt: skip
+                              reward_fn=reward_fn, reward_offset=reward_offset)  # fmt: skip
         if not log_f.requires_grad:  # e.g. a constant critic: log f does not depend on x
             return torch.zeros_like(x)
         (grad,) = torch.autograd.grad(log_f.sum(), x, allow_unused=True)

@@ -13,6 +13,9 @@ DDIM). The result is the last x0 estimate; known entries are returned exactly as
 Rewards are the denoised reward entries, or, for a model with a reward head
 (``WorldModelConfig.reward_head``), the head's r(s_t, a_t, s_{t+1}) of the final states wherever a_t is
 known or drawn; guides then see the head's rewards as functions of the states (agd_envs/reward_head.py).
+A model with ``known_action_cost`` denoises (or heads) r_t minus the control term -c |clip(a_t)|^2;
+the sampler subtracts that term from known rewards and adds it back, for the actions of the current
+estimate, to the rewards the guides see and to the returned ones (exact wherever a_t exists).
 
 Guidance (paper eq. (5), state components). The guide shifts the x0 estimate, not the mean of x_{t-1}:
 
@@ -193,7 +196,19 @@ class _Known:
         return torch.where(self.state_rows[..., None], self.states, states)
 
 
-def _prepare(cond: Conditioning, layout: SegmentLayout, norm: Normalizer, device: Any, dtype: torch.dtype) -> _Known:
+ControlFn = Callable[[Tensor], Tensor]
+"""``control(actions: B x H x A real) -> B x H``: the known part of each reward the model leaves out."""
+
+
+def _control_fn(model: Denoiser) -> ControlFn | None:
+    """The model's ``control_rewards`` when it models rewards without their control term, else None."""
+    config = getattr(model, "config", None)
+    return model.control_rewards if getattr(config, "known_action_cost", False) else None  # type: ignore[attr-defined]
+
+
+def _prepare(
+    cond: Conditioning, layout: SegmentLayout, norm: Normalizer, device: Any, dtype: torch.dtype, control: ControlFn | None
+) -> _Known:
     horizon, obs_dim, act_dim = layout.horizon, layout.obs_dim, layout.act_dim
     states = cond.states.to(device=device, dtype=dtype)
     if states.dim() != 3 or tuple(states.shape[1:]) != (horizon + 1, obs_dim):
@@ -239,7 +254,15 @@ def _prepare(cond: Conditioning, layout: SegmentLayout, norm: Normalizer, device
     # torch.where, not multiplication: ignored entries may hold NaN.
     states = torch.where(state_rows[..., None], states, torch.zeros_like(states))
     rewards = torch.where(reward_known, rewards, torch.zeros_like(rewards))
-    x = torch.where(mask, layout.pack(norm.normalize_states(states), norm.normalize_rewards(rewards)), 0.0)
+    modelled = rewards
+    if control is not None:  # the network sees r_t minus the control term of a_t
+        if bool((reward_known & ~action_known).any()):
+            raise ValueError(
+                "Conditioning: this model (known_action_cost) needs the action a_t of every known reward r_t; "
+                "pass num_known_actions >= num_known_states - 1"
+            )
+        modelled = rewards - torch.where(reward_known, control(actions), torch.zeros_like(rewards))
+    x = torch.where(mask, layout.pack(norm.normalize_states(states), norm.normalize_rewards(modelled)), 0.0)
     actions = torch.where(action_known[..., None], actions, torch.full_like(actions, float("nan")))
     return _Known(x, mask, states, state_rows, rewards, reward_known, actions, action_known)
 
@@ -299,6 +322,11 @@ class _Actions:
         """``B x H x A`` normalized actions, 0 where masked; clipped to the bounds first (what the env executes)."""
         z = self.norm.normalize_actions(self.real.clamp(*self.bounds))
         return torch.where(self.mask[..., None], z, torch.zeros_like(z))
+
+    def control(self, control: ControlFn) -> Tensor:
+        """``B x H`` control term of the current actions, 0 where no action exists (masked)."""
+        values = control(torch.where(self.mask[..., None], self.real, torch.zeros_like(self.real)))
+        return torch.where(self.mask, values, torch.zeros_like(values))
 
     def _draw(self, states: Tensor) -> Tensor:
         mean, std = _policy(self.actor, states)  # type: ignore[arg-type]
@@ -393,7 +421,8 @@ def sample(
         raise ValueError(f"action_guidance must be 'reparam' or 'grad', got {action_guidance!r}")
     layout, norm, schedule = model.layout, model.normalizer, model.schedule
     device, dtype = norm.obs_mean.device, norm.obs_mean.dtype
-    known = _prepare(cond, layout, norm, device, dtype)
+    control = _control_fn(model)
+    known = _prepare(cond, layout, norm, device, dtype, control)
     batch = known.x.shape[0]
     times = sampling_steps(schedule.num_steps, default_steps(model, steps))
     x = known.inpaint(torch.randn(batch, layout.x_dim, generator=generator, device=device, dtype=dtype))
@@ -403,9 +432,11 @@ def sample(
     if reward_fn is not None:
         guide = guide.for_reward_model()
     guided = guide.moves is not None and alpha != 0.0
-    guide_kwargs = dict(layout=layout, normalizer=norm, task=model.task, critic=critic, gamma=gamma, reward_fn=reward_fn)
+    guide_kwargs: dict[str, Any] = dict(layout=layout, normalizer=norm, task=model.task, critic=critic, gamma=gamma, reward_fn=reward_fn)
     x0 = x
     for i, t in enumerate(times):
+        if guided and control is not None:
+            guide_kwargs["reward_offset"] = acts.control(control)
         t_prev = times[i + 1] if i + 1 < len(times) else -1
         t_batch = torch.full((batch,), t, dtype=torch.long, device=device)
         alpha_bar = schedule.at(t_batch, x)
@@ -436,6 +467,8 @@ def sample(
     rewards = norm.unnormalize_rewards(layout.unpack(x0)[1])
     if reward_fn is not None:  # the head needs the action: only where it is known (or drawn)
         rewards = torch.where(acts.mask, reward_fn(states), rewards)
+    if control is not None:  # where no action exists the reward stays without its control term
+        rewards = rewards + acts.control(control)
     rewards = torch.where(known.reward_known, known.rewards, rewards)
     terminations = model.task.terminated(states[:, 1:])
     adv = None if critic is None else advantages(states, rewards, critic, terminations, gamma)
@@ -460,7 +493,15 @@ def imagine(
     """Paper Algorithm 2: H-step segments jointly from real start states ``s0`` ``B x S``, actions from ``actor``.
 
     :param alpha: guide scale (default ``model.task.guide_scale``). Other arguments as in ``sample``.
+    A ``Simulator`` (agd_envs.oracle.OracleWorldModel) rolls the segments out instead (guide ``none`` only).
     """
+    from agd_envs.oracle import Simulator  # not at the top: agd_envs.oracle imports this module
+
+    if isinstance(model, Simulator):
+        name = get_guide(guide).name
+        if name != "none":
+            raise ValueError(f"guide {name!r}: the oracle world model is not differentiable and serves only guide 'none'")
+        return model.rollout(s0, actor, generator=generator, critic=critic, gamma=gamma)
     cond = Conditioning.from_start(s0, horizon=model.layout.horizon)
     return sample(
         model, cond, steps=steps, eta=eta, actor=actor, guide=guide, critic=critic,

@@ -80,8 +80,9 @@ def diffusion_loss(
     config, layout, norm = model.config, model.layout, model.normalizer
     device = model.device
     states = norm.normalize_states(batch.states.to(device))
-    actions = norm.normalize_actions(batch.actions.to(device))
-    rewards = norm.normalize_rewards(batch.rewards.to(device))
+    real_actions = batch.actions.to(device)
+    actions = norm.normalize_actions(real_actions)
+    rewards = norm.normalize_rewards(batch.rewards.to(device) - model.control_rewards(real_actions))
     x0 = layout.pack(states, rewards)
     b = x0.shape[0]
     known_mask, action_mask = (m.to(device) for m in training_masks(layout, b, config.joint_fraction, generator))
@@ -96,6 +97,26 @@ def diffusion_loss(
     if model.reward_head is not None:
         loss = loss + reward_head_loss(model.reward_head, states, actions, rewards)
     return loss
+
+
+RESIDUAL_MOMENT_SEGMENTS = 4096
+"""Segments sampled to estimate the mean and std of the modelled rewards under ``known_action_cost``."""
+
+
+@torch.no_grad()
+def fit_residual_reward_moments(model: WorldModel, dataset: SegmentSource, generator: torch.Generator | None) -> None:
+    """Set the normalizer's reward moments to those of ``r - control_reward(a)``, the rewards the network models.
+
+    The dataset's statistics describe r; without this, z-scoring the residual with them would shrink
+    it where the control cost carries most of the spread (Reacher: r's std is several times the residual's).
+    """
+    size = model.config.batch_size  # in training-sized batches: a source may serve no larger ones
+    batches = [dataset.sample_segments(size, model.config.horizon, generator=generator)
+               for _ in range(-(-RESIDUAL_MOMENT_SEGMENTS // size))]  # fmt: skip
+    residual = torch.cat([(b.rewards - model.control_rewards(b.actions)).double().flatten() for b in batches])
+    norm = model.normalizer
+    norm.rew_mean.copy_(residual.mean())
+    norm.rew_std.copy_(residual.std().clamp_min(norm.min_std))
 
 
 def entry_weights(layout: SegmentLayout, reward_weight: float, like: torch.Tensor) -> torch.Tensor:
@@ -158,6 +179,8 @@ def fit(
     batch_size = batch_size or config.batch_size
     if update_normalizer:
         model.normalizer.fit(dataset.statistics())
+        if config.known_action_cost:
+            fit_residual_reward_moments(model, dataset, generator)
     optimizer = _optimizer(model)
     model.network.train()
     log: list[dict[str, float]] = []

@@ -99,6 +99,13 @@ class WorldModelConfig:
     """Predict each reward from its transition (s_t, a_t, s_{t+1}) with a separate MLP trained beside the
     denoiser (agd_envs/reward_head.py) instead of using the denoised reward entries. Off by default (the
     paper denoises rewards jointly); on, it restores the action's cost that the denoised rewards miss."""
+    known_action_cost: bool = False
+    """Model only the part of each reward that the action's control cost does not explain: the network
+    (and a reward head) learns ``r_t - task.control_reward(a_t)``, and the sampler adds the exact term
+    ``-c |clip(a_t)|^2`` of the actions it imagines back (``WorldModel.control_rewards``). The v5 rewards
+    are ``(terms of the state) - c |a|^2`` with a known c, so nothing is lost; without it the denoised
+    HalfCheetah rewards price a saturated action at -0.11 per step against the real -0.58
+    (benchmarks/reward_fidelity.py) and policies learn to saturate in imagination. On in both presets."""
 
     def __post_init__(self) -> None:
         get_task(self.task)  # raises with a suggestion on a typo
@@ -135,6 +142,7 @@ class WorldModelConfig:
             fields: dict[str, Any] = dict(
                 horizon=10, diffusion_steps=128, sampling_steps=8, width=1024, depth=6, embed_dim=128,
                 schedule_temperature=0.1 if task_name == "Hopper" else 1.0, batch_size=256, lr=3e-4,
+                known_action_cost=True,
             )  # fmt: skip
         elif name == "cpu":
             fields = dict(_CPU_PRESET)
@@ -161,7 +169,7 @@ class WorldModelConfig:
         return cls(**data)
 
 
-_ADDED_LATER: dict[str, Any] = {"reward_head": False}
+_ADDED_LATER: dict[str, Any] = {"reward_head": False, "known_action_cost": False}
 """Fields added after format version 1, with the value that reproduces older checkpoints."""
 
 # Chosen by measurement on hopper-mixed (held-out joint-sampling state error; the issue notes and
@@ -176,7 +184,7 @@ _ADDED_LATER: dict[str, Any] = {"reward_head": False}
 # reference's step-H error against 1.33x with N = 32 (benchmarks/sampler_efficiency.py).
 _CPU_PRESET: dict[str, Any] = dict(
     horizon=10, diffusion_steps=128, sampling_steps=4, width=256, depth=3, embed_dim=128,
-    schedule_temperature=1.0, anchor_states=True, batch_size=256, lr=1e-3, ema_decay=0.995,
+    schedule_temperature=1.0, anchor_states=True, batch_size=256, lr=1e-3, ema_decay=0.995, known_action_cost=True,
 )  # fmt: skip
 
 
@@ -265,10 +273,18 @@ class WorldModel(nn.Module):
         """
         return self.predict_x0(self.ema_network, x_t, t, actions, action_mask, known, known_mask)[1]
 
+    def control_rewards(self, actions: torch.Tensor) -> torch.Tensor:
+        """The known control term of each reward ``B x H`` of real actions ``B x H x A`` (zeros unless
+        ``config.known_action_cost``): what the network's rewards leave out."""
+        if not self.config.known_action_cost:
+            return actions.new_zeros(actions.shape[:-1])
+        return self.task.control_reward(actions)
+
     def head_rewards(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """Real-unit rewards ``B x H`` of real states ``B x (H+1) x S`` and actions ``B x H x A`` from the reward head.
 
         Differentiable in the states; actions are clipped to the task's bounds first (what the env executes).
+        With ``config.known_action_cost`` these leave out the control term (add ``control_rewards``).
         """
         if self.reward_head is None:
             raise ValueError("this world model has no reward head; build it with WorldModelConfig(reward_head=True)")

@@ -24,10 +24,13 @@ from reward_fidelity import measure, real_rewards, start_states  # noqa: E402  (
 
 @pytest.fixture(scope="module")
 def cheetah_with_head() -> WorldModel:
-    """A cpu-preset HalfCheetah model with a reward head after 300 updates on the shipped data (~10-20 s)."""
+    """A cpu-preset HalfCheetah model with a reward head after 300 updates on the shipped data (~10-20 s).
+
+    Without the known control term (``known_action_cost=False``): these tests ask whether the head learns
+    the action's price from data by itself (tests/test_action_cost.py covers the known term)."""
     torch.manual_seed(0)
     data = EpisodeDataset.open(default_dataset_path("HalfCheetah"))
-    model = WorldModel(WorldModelConfig.preset("cpu", "HalfCheetah", reward_head=True))
+    model = WorldModel(WorldModelConfig.preset("cpu", "HalfCheetah", reward_head=True, known_action_cost=False))
     model.fit(data, 300, generator=torch.Generator().manual_seed(0), progress=False)
     return model
 
