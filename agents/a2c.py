@@ -108,6 +108,16 @@ class A2CConfig:
     """EMA rate of the return mean/second moment per update (the first update sets them)."""
     value_norm_min_std: float = 1e-2
     """Floor of the return std, in reward units."""
+    epochs: int = 1
+    """Passes over each batch (1: the paper's A2C, one step per batch). More reuse each imagined batch,
+    whose imagination costs far more than a step of these small networks."""
+    minibatches: int = 1
+    """Minibatches per pass (the valid transitions shuffled and split); each takes one actor and one
+    critic step."""
+    clip_ratio: float | None = None
+    """PPO's clipped surrogate with this epsilon (e.g. 0.2) against the policy that the batch's first
+    step started from; None: the plain policy gradient of A2C. Needed once ``epochs > 1``: it stops
+    later steps on the same batch from moving the policy far from the one whose advantages they use."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.min_std < self.init_std:
@@ -118,7 +128,25 @@ class A2CConfig:
             raise ValueError(f"target_ema must be in [0, 1) or None (no target critic), got {self.target_ema}")
         if self.obs_norm not in ("running", "fixed", "none"):
             raise ValueError(f"obs_norm must be 'running', 'fixed' or 'none', got {self.obs_norm!r}")
+        if self.epochs < 1 or self.minibatches < 1:
+            raise ValueError(f"epochs and minibatches must be >= 1, got {self.epochs} and {self.minibatches}")
+        if self.clip_ratio is not None and not self.clip_ratio > 0.0:
+            raise ValueError(f"clip_ratio must be > 0 or None (plain A2C), got {self.clip_ratio}")
         self.hidden_sizes = tuple(self.hidden_sizes)
+
+    @classmethod
+    def named(cls, name: str, **overrides: Any) -> "A2CConfig":
+        """A named configuration (``paper``: one A2C step per batch; ``ppo``: 4 clipped epochs of 4 minibatches), then ``overrides``."""
+        if name not in A2C_PRESETS:
+            raise ValueError(f"unknown agent configuration {name!r}; choose one of {sorted(A2C_PRESETS)}")
+        return cls(**{**A2C_PRESETS[name], **overrides})
+
+
+A2C_PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "ppo": {"epochs": 4, "minibatches": 4, "clip_ratio": 0.2},
+}
+"""Named agent update schemes; ``paper`` is the paper's A2C (every field at its default)."""
 
 
 def gae(
@@ -366,39 +394,54 @@ class A2CAgent:
         obs, actions, advantages, returns = obs[valid], actions[valid], advantages[valid], returns[valid]
         if cfg.value_norm:
             self._update_value_statistics(returns)
-        metrics = self._actor_step(obs, actions, advantages)
-        metrics |= self._critic_step(obs, returns)
+        summary = {"advantage_mean": float(advantages.mean()), "return_mean": float(returns.mean())}
+        if cfg.normalize_advantages and advantages.numel() > 1:
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        with torch.no_grad():
+            old_log_prob = self.actor(obs).log_prob(actions)
+        metrics: dict[str, float] = {}
+        for _ in range(cfg.epochs):
+            whole = cfg.minibatches == 1  # no shuffle (and no draw from torch's RNG) for whole-batch steps
+            order = torch.arange(len(obs), device=obs.device) if whole else torch.randperm(len(obs), device=obs.device)
+            for rows in order.tensor_split(min(cfg.minibatches, len(obs))):
+                metrics = self._actor_step(obs[rows], actions[rows], advantages[rows], old_log_prob[rows])
+                metrics |= self._critic_step(obs[rows], returns[rows])
+        metrics["policy_change"] = self._policy_change(obs, actions, old_log_prob)
         if self.target_critic is not None:
             with torch.no_grad():
                 for target, online in zip(self.target_critic.parameters(), self.critic.parameters()):
                     target.lerp_(online, 1.0 - cfg.target_ema)
         self.num_updates += 1
-        metrics |= {"advantage_mean": float(advantages.mean()), "return_mean": float(returns.mean())}
-        return metrics
+        return metrics | summary
 
-    def _actor_step(self, obs: Tensor, actions: Tensor, advantages: Tensor) -> dict[str, float]:
-        """Policy-gradient step on ``N x S`` obs, ``N x A`` actions and ``N`` advantages."""
+    def _actor_step(self, obs: Tensor, actions: Tensor, adv: Tensor, old_log_prob: Tensor) -> dict[str, float]:
+        """Policy-gradient step on ``N x S`` obs, ``N x A`` actions, ``N`` (normalized) advantages and the
+        ``N`` log-probs of the policy before the batch's first step (used by the clipped surrogate)."""
         cfg = self.config
-        adv = advantages
-        if cfg.normalize_advantages and adv.numel() > 1:
-            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
         dist = self.actor(obs)
         log_prob = dist.log_prob(actions)
         entropy = dist.entropy().mean()
-        loss = -(log_prob * adv).mean() - cfg.entropy_weight * entropy
+        if cfg.clip_ratio is None:
+            surrogate = log_prob * adv
+        else:
+            ratio = torch.exp(log_prob - old_log_prob)
+            surrogate = torch.minimum(ratio * adv, ratio.clamp(1.0 - cfg.clip_ratio, 1.0 + cfg.clip_ratio) * adv)
+        loss = -surrogate.mean() - cfg.entropy_weight * entropy
         self.actor_optim.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = nn.utils.clip_grad_norm_(self.actor.parameters(), cfg.max_grad_norm_actor)
         self.actor_optim.step()
-        with torch.no_grad():
-            policy_change = (self.actor(obs).log_prob(actions) - log_prob).abs().mean()
         return {
             "actor_loss": float(loss.detach()),
             "entropy": float(entropy.detach()),
             "std": float(dist.stddev.detach().mean()),
             "actor_grad_norm": float(grad_norm),
-            "policy_change": float(policy_change),  # mean |Δ log π(a|s)|, the reference's line-search target
         }
+
+    @torch.no_grad()
+    def _policy_change(self, obs: Tensor, actions: Tensor, old_log_prob: Tensor) -> float:
+        """Mean |Δ log π(a|s)| over the whole update, the reference's line-search target."""
+        return float((self.actor(obs).log_prob(actions) - old_log_prob).abs().mean())
 
     def _critic_step(self, obs: Tensor, returns: Tensor) -> dict[str, float]:
         """Regression step of the online critic on ``N`` λ-returns (loss in PopArt-normalized units)."""

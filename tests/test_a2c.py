@@ -336,3 +336,34 @@ def test_a2c_learns_halfcheetah_from_vector_env_transitions() -> None:
     # Measured (seed 0, 19 s): the first 16 episodes (std-1 policy) return -336, the last 16 +161.
     first, last = float(np.mean(finished[:num_envs])), float(np.mean(finished[-num_envs:]))
     assert last > 0.0 and last > first + 250.0, (first, last)
+
+
+def test_clipped_surrogate_equals_a2c_on_the_first_step() -> None:
+    # At the batch's first step the ratio is 1, so d min(r A, clip(r) A) = A d log pi: the same step as A2C.
+    seg = random_segments(16, 5, 4, 2, seed=3)
+    after = []
+    for clip in (None, 0.2):
+        torch.manual_seed(0)
+        agent = A2CAgent(4, 2, A2CConfig(hidden_sizes=(32,), clip_ratio=clip))
+        agent.update(seg)
+        after.append(_params(agent))
+    torch.testing.assert_close(after[0], after[1], rtol=0, atol=1e-6)
+
+
+def test_epochs_and_minibatches_take_that_many_steps_and_the_clip_bounds_the_change() -> None:
+    seg = random_segments(64, 5, 4, 2, seed=4)
+    seg.terminations[:] = False
+    changes = {}
+    for clip in (None, 0.1):
+        torch.manual_seed(0)
+        agent = A2CAgent(4, 2, A2CConfig(hidden_sizes=(32,), epochs=8, minibatches=4, clip_ratio=clip, lr_actor=3e-3))
+        stats = agent.update(seg)
+        steps = {int(s["step"]) for s in agent.actor_optim.state_dict()["state"].values()}
+        assert steps == {32}  # 8 epochs x 4 minibatches, one Adam step each
+        changes[clip] = stats["policy_change"]
+    # Without the clip, 32 steps on one batch move log pi several times further than the clip allows.
+    assert changes[0.1] < 0.5 * changes[None], changes
+    assert A2CConfig.named("paper") == A2CConfig()
+    assert A2CConfig.named("ppo", lr_actor=1e-4).clip_ratio == 0.2
+    with pytest.raises(ValueError, match="choose one of"):
+        A2CConfig.named("trpo")
