@@ -52,7 +52,8 @@ def _train(args: argparse.Namespace) -> None:
         overrides = {k: v for k, v in vars(args).items() if k in _TRAIN_OVERRIDES and v is not None}
         if args.reward_head:
             overrides["model"] = {"reward_head": True}
-        config = TrainerConfig.for_task(args.task, guide=args.guide, steps=args.steps, seed=args.seed, **overrides)
+        guide = args.guide or ("none" if args.world_model == "oracle" else "eag")
+        config = TrainerConfig.for_task(args.task, guide=guide, steps=args.steps, seed=args.seed, **overrides)
     trainer = AGDTrainer(config, args.out, resume=args.resume)
     rows = trainer.train()
     first, last = rows[0], rows[-1]
@@ -67,7 +68,7 @@ def _train(args: argparse.Namespace) -> None:
 
 
 _TRAIN_OVERRIDES = ("imagination", "alpha", "warm_start", "iteration_steps", "eval_every", "eval_episodes",
-                    "checkpoint_every", "device", "num_envs", "model_preset", "sampling_steps")  # fmt: skip
+                    "checkpoint_every", "device", "num_envs", "model_preset", "sampling_steps", "world_model")  # fmt: skip
 
 
 def _eval(args: argparse.Namespace) -> None:
@@ -128,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="AGD-MBRL training (paper Algorithm 1) on a real task")
     train.add_argument("--task", choices=tasks, help="required unless --resume")
-    train.add_argument("--guide", default="eag", choices=["eag", "sag", "reward", "none"])
+    train.add_argument("--guide", choices=["eag", "sag", "reward", "none"], help="default: eag (none with --world-model oracle)")
     train.add_argument("--steps", type=int, default=100_000, help="real environment steps")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--out", required=True, help="run directory (config, dataset, logs, checkpoints)")
@@ -143,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--sampling-steps", dest="sampling_steps", type=int)
     train.add_argument("--num-envs", dest="num_envs", type=int)
     train.add_argument("--model-preset", dest="model_preset", choices=["cpu", "paper"])
+    train.add_argument("--world-model", dest="world_model", choices=["diffusion", "oracle"],
+                       help="diffusion (default) or oracle: imagine with the real simulator (guide none, joint imagination)")  # fmt: skip
     train.add_argument("--device")
     train.add_argument("--reward-head", dest="reward_head", action="store_true",
                        help="predict rewards with a per-transition head on (s, a, s') instead of the denoised entries")  # fmt: skip

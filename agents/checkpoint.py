@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from agd_envs.datasets import DatasetError, DatasetWriter, EpisodeDataset
+from agd_envs.oracle import OracleWorldModel
 from agd_envs.tasks import Task
 from agd_envs.training import _optimizer
 from agd_envs.world_model import WorldModel
@@ -25,6 +26,9 @@ from agd_envs.world_model import WorldModel
 if TYPE_CHECKING:
     from agents.a2c import A2CAgent
     from agents.trainer import TrainerConfig
+
+Model = WorldModel | OracleWorldModel
+"""A run's world model: ``save``/``load``/``state_dict``/``optimizer`` are what a checkpoint touches."""
 
 
 class RunError(ValueError):
@@ -67,7 +71,7 @@ class RunCheckpoint:
         for journal in self.data_dir.glob("journal*"):
             journal.unlink()
 
-    def save(self, state: dict[str, Any], agent: "A2CAgent", model: WorldModel, generator: torch.Generator) -> None:
+    def save(self, state: dict[str, Any], agent: "A2CAgent", model: Model, generator: torch.Generator) -> None:
         """Write a complete checkpoint atomically."""
         tmp = self.run_dir / "checkpoint.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -88,12 +92,12 @@ class RunCheckpoint:
         tmp.rename(self.dir)
         shutil.rmtree(old, ignore_errors=True)
 
-    def load(self, agent: "A2CAgent", model: WorldModel, generator: torch.Generator) -> dict[str, Any]:
+    def load(self, agent: "A2CAgent", model: Model, generator: torch.Generator) -> dict[str, Any]:
         """Restore agent, model, optimizers and RNGs in place; roll the dataset back; return the state."""
         try:
             state = json.loads((self.dir / "state.json").read_text())
             agent.load_state_dict(torch.load(self.dir / "agent.pt", map_location=agent.device, weights_only=True))
-            model.load_state_dict(WorldModel.load(self.dir / "model", task=model.task, device=model.device).state_dict())
+            model.load_state_dict(type(model).load(self.dir / "model", task=model.task, device=model.device).state_dict())
             training = torch.load(self.dir / "training.pt", weights_only=True)
         except Exception as err:  # torch raises pickle, zip and runtime errors for damaged files
             raise RunError(f"{self.dir}: corrupt checkpoint ({type(err).__name__}: {err}); start a new run in another --out") from err

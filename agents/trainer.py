@@ -11,6 +11,8 @@ One iteration (``iteration_steps`` real steps):
 5. checkpoint every ``checkpoint_every`` steps (resumable bit-identically on CPU).
 
 PolyGRAD (guide ``none``) and Online Diffuser (guide ``reward``) are this same loop with another guide.
+With ``world_model="oracle"`` the segments come from the real simulator (agd_envs.oracle): no model
+is fitted (step 2 and the pretraining are skipped) and only guide ``none`` applies.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from agd_envs.collector import RealEnvCollector
 from agd_envs.datasets import DatasetWriter, EpisodeDataset
 from agd_envs.defaults import default_dataset_path
 from agd_envs.guides import get_guide
+from agd_envs.oracle import OracleConfig, OracleWorldModel
 from agd_envs.sampling import Imagined, imagine
 from agd_envs.tasks import get_task
 from agd_envs.world_model import WorldModel, WorldModelConfig
@@ -40,6 +43,7 @@ from agents.evaluation import evaluate
 from agents.run_log import PHASES, RunLog
 
 IMAGINATION_MODES = ("joint", "closed-loop")
+WORLD_MODELS = ("diffusion", "oracle")
 
 
 @dataclass
@@ -91,12 +95,22 @@ class TrainerConfig:
     """Overrides of A2CConfig fields."""
     model: dict[str, Any] = field(default_factory=dict)
     """Overrides of the world-model preset's WorldModelConfig fields (e.g. ``{"width": 256}``)."""
+    world_model: str = "diffusion"
+    """``diffusion`` (the learned WorldModel) or ``oracle`` (the real simulator, agd_envs.oracle: guide
+    ``none`` and joint imagination only; ``model`` overrides other than ``horizon`` are ignored)."""
 
     def __post_init__(self) -> None:
         self.task = get_task(self.task).name
         get_guide(self.guide)  # raises with the valid names
         if self.imagination not in IMAGINATION_MODES:
             raise ValueError(f"imagination must be one of {IMAGINATION_MODES}, got {self.imagination!r}")
+        if self.world_model not in WORLD_MODELS:
+            raise ValueError(f"world_model must be one of {WORLD_MODELS}, got {self.world_model!r}")
+        if self.world_model == "oracle":
+            if get_guide(self.guide).name != "none":
+                raise ValueError(f"guide {self.guide!r}: the oracle world model is not differentiable and serves only guide 'none'")
+            if self.imagination != "joint":
+                raise ValueError(f"imagination {self.imagination!r} is not supported with the oracle world model; use 'joint'")
         for name in ("eval_every", "checkpoint_every"):
             if getattr(self, name) % self.iteration_steps:
                 raise ValueError(f"{name}={getattr(self, name)} must be a multiple of iteration_steps={self.iteration_steps}")
@@ -149,16 +163,30 @@ class AGDTrainer:
             self.task.obs_dim, self.task.act_dim, A2CConfig(**config.a2c),
             action_low=self.task.action_low, action_high=self.task.action_high, device=config.device,
         )  # fmt: skip
-        overrides = dict(config.model)
-        if config.sampling_steps is not None:
-            overrides["sampling_steps"] = config.sampling_steps
-        self.model = WorldModel(WorldModelConfig.preset(config.model_preset, self.task, **overrides)).to(config.device)
+        self.model = self._build_model()
         self.real_steps, self.start_time, self.elapsed_before = 0, time.perf_counter(), 0.0
         self.last: dict[str, float] = {}
         self.phase_seconds = dict.fromkeys(PHASES, 0.0)
         self.collector = self._start(resume)
 
     # ---------------------------------------------------------------- setup
+    def _build_model(self) -> WorldModel | OracleWorldModel:
+        """The run's world model on ``config.device``: the oracle, or the preset's diffusion model."""
+        cfg = self.config
+        if cfg.world_model == "oracle":
+            return OracleWorldModel(self.task, OracleConfig(horizon=cfg.model.get("horizon", self.task.horizon)), device=cfg.device)
+        overrides = dict(cfg.model)
+        if cfg.sampling_steps is not None:
+            overrides["sampling_steps"] = cfg.sampling_steps
+        return WorldModel(WorldModelConfig.preset(cfg.model_preset, self.task, **overrides)).to(cfg.device)
+
+    def _fit_model(self, dataset: EpisodeDataset, updates: int, progress: bool) -> list[dict[str, float]]:
+        """``updates`` world-model updates (timed as phase ``model``); nothing for the oracle."""
+        if self.config.world_model == "oracle":
+            return []
+        with self._phase("model"):
+            return self.model.fit(dataset, updates, generator=self.generator, progress=progress)
+
     def _start(self, resume: bool) -> RealEnvCollector:
         data_dir = self.checkpoint.data_dir
         if resume:
@@ -178,8 +206,7 @@ class AGDTrainer:
             collector = self._collector(DatasetWriter(data_dir, self.task, policy="agd-train"))
             collector.collect("random", cfg.prefill_steps)
         collector.writer.checkpoint()
-        with self._phase("model"):
-            self.model.fit(self._dataset(), cfg.model_pretrain_updates, generator=self.generator, progress=self.progress)
+        self._fit_model(self._dataset(), cfg.model_pretrain_updates, self.progress)
         self._evaluate_and_log({})
         return collector
 
@@ -210,9 +237,8 @@ class AGDTrainer:
             self.collector.collect(lambda obs: self.agent.act(obs), cfg.iteration_steps)
             self.collector.writer.checkpoint()  # the reader below sees every finished episode
         self.real_steps += cfg.iteration_steps
-        with self._phase("model"):
-            dataset = self._dataset()
-            model_log = self.model.fit(dataset, round(cfg.model_updates_per_step * cfg.iteration_steps), generator=self.generator, progress=False)
+        dataset = self._dataset()
+        model_log = self._fit_model(dataset, round(cfg.model_updates_per_step * cfg.iteration_steps), False)
         metrics: dict[str, float] = {"model_loss": model_log[-1]["loss"]} if model_log else {}
         for _ in range(round(cfg.agent_updates_per_step * cfg.iteration_steps)):
             metrics.update(self._agent_update(dataset))
@@ -323,7 +349,9 @@ class AGDTrainer:
 
 def run_label(config: TrainerConfig) -> str:
     """A run's ``algo`` label: ``agd-<guide>``, plus ``-alpha<α>`` when the guide scale is not the task's default
-    and ``-rhead`` when the world model predicts rewards with a reward head."""
+    and ``-rhead`` when the world model predicts rewards with a reward head; ``agd-oracle`` for oracle runs."""
+    if config.world_model == "oracle":
+        return "agd-oracle"
     alpha = config.alpha
     custom = config.guide != "none" and alpha is not None and alpha != get_task(config.task).guide_scale
     head = bool(config.model.get("reward_head", False))
