@@ -50,8 +50,14 @@ def _train(args: argparse.Namespace) -> None:
         if not args.task:
             raise ValueError("--task is required for a new run")
         overrides = {k: v for k, v in vars(args).items() if k in _TRAIN_OVERRIDES and v is not None}
+        if overrides.get("warm_start") == "none":
+            overrides["warm_start"] = None  # TrainerConfig: prefill with random steps
         if args.reward_head:
             overrides["model"] = {"reward_head": True}
+        if args.agent:
+            from agents.a2c import A2C_PRESETS
+
+            overrides["a2c"] = dict(A2C_PRESETS[args.agent])
         guide = args.guide or ("none" if args.world_model == "oracle" else "eag")
         config = TrainerConfig.for_task(args.task, guide=guide, steps=args.steps, seed=args.seed, **overrides)
     trainer = AGDTrainer(config, args.out, resume=args.resume)
@@ -68,7 +74,8 @@ def _train(args: argparse.Namespace) -> None:
 
 
 _TRAIN_OVERRIDES = ("imagination", "alpha", "warm_start", "iteration_steps", "eval_every", "eval_episodes",
-                    "checkpoint_every", "device", "num_envs", "model_preset", "sampling_steps", "world_model")  # fmt: skip
+                    "checkpoint_every", "device", "num_envs", "model_preset", "sampling_steps", "world_model",
+                    "prefill_steps")  # fmt: skip
 
 
 def _eval(args: argparse.Namespace) -> None:
@@ -136,7 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     train.add_argument("--imagination", choices=["joint", "closed-loop"])
     train.add_argument("--alpha", type=float, help="guide scale (default: the task's)")
-    train.add_argument("--warm-start", dest="warm_start", help="dataset to start from (default: the shipped one)")
+    train.add_argument("--warm-start", dest="warm_start",
+                       help="dataset to start from (default: the shipped one); 'none': --prefill-steps uniform-random steps instead")
+    train.add_argument("--agent", choices=["paper", "ppo"],
+                       help="agent update scheme (agents/a2c.py A2C_PRESETS): paper = one A2C step per batch (default), ppo = 4 clipped epochs x 4 minibatches")
+    train.add_argument("--prefill-steps", dest="prefill_steps", type=int, help="random real steps with --warm-start none (default 5000)")
     train.add_argument("--iteration-steps", dest="iteration_steps", type=int)
     train.add_argument("--eval-every", dest="eval_every", type=int)
     train.add_argument("--eval-episodes", dest="eval_episodes", type=int)

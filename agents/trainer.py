@@ -55,7 +55,9 @@ class TrainerConfig:
     guide: str = "eag"
     """``eag`` | ``sag`` | ``reward`` (Online Diffuser) | ``none`` (PolyGRAD)."""
     steps: int = 100_000
-    """Real environment steps to train for (after the warm start / prefill)."""
+    """Online real environment steps to train for (after the warm start / prefill). The log's ``real_steps``
+    column counts the warm-start or prefill transitions too, so ``steps`` = 95k with a 5k prefill logs
+    100k real steps at the end (the Table I protocol, benchmarks/table1.py)."""
     seed: int = 0
     """Seeds torch, the real envs and imagination."""
     imagination: str = "joint"
@@ -164,7 +166,8 @@ class AGDTrainer:
             action_low=self.task.action_low, action_high=self.task.action_high, device=config.device,
         )  # fmt: skip
         self.model = self._build_model()
-        self.real_steps, self.start_time, self.elapsed_before = 0, time.perf_counter(), 0.0
+        self.online_steps, self.start_time, self.elapsed_before = 0, time.perf_counter(), 0.0
+        self.initial_steps = 0  # real transitions in the dataset before the first iteration (warm start or prefill)
         self.last: dict[str, float] = {}
         self.phase_seconds = dict.fromkeys(PHASES, 0.0)
         self.collector = self._start(resume)
@@ -191,7 +194,8 @@ class AGDTrainer:
         data_dir = self.checkpoint.data_dir
         if resume:
             state = self.checkpoint.load(self.agent, self.model, self.generator)
-            self.real_steps, self.elapsed_before = state["real_steps"], state["wall_seconds"]
+            self.online_steps, self.elapsed_before = state["online_steps"] if "online_steps" in state else state["real_steps"], state["wall_seconds"]
+            self.initial_steps = state.get("initial_steps", 0)  # 0: a checkpoint from before the count existed
             self.phase_seconds.update(state.get("phase_seconds", {}))
             self.log.truncate(state["log_rows"])
             collector = self._collector(DatasetWriter(data_dir, self.task))
@@ -206,6 +210,7 @@ class AGDTrainer:
             collector = self._collector(DatasetWriter(data_dir, self.task, policy="agd-train"))
             collector.collect("random", cfg.prefill_steps)
         collector.writer.checkpoint()
+        self.initial_steps = collector.writer.num_steps
         self._fit_model(self._dataset(), cfg.model_pretrain_updates, self.progress)
         self._evaluate_and_log({})
         return collector
@@ -220,8 +225,8 @@ class AGDTrainer:
     def train(self) -> list[dict[str, str]]:
         """Run iterations until ``config.steps`` real steps; return the logged rows."""
         cfg = self.config
-        bar = tqdm(total=cfg.steps, initial=self.real_steps, desc=f"agd train {self.task.name} {cfg.guide}", unit="step", disable=not self.progress, dynamic_ncols=True)
-        while self.real_steps < cfg.steps:
+        bar = tqdm(total=cfg.steps, initial=self.online_steps, desc=f"agd train {self.task.name} {cfg.guide}", unit="step", disable=not self.progress, dynamic_ncols=True)
+        while self.online_steps < cfg.steps:
             metrics = self.iteration()
             bar.update(cfg.iteration_steps)
             bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if k in ("eval_return_mean", "model_loss", "steps_per_second")})
@@ -236,18 +241,18 @@ class AGDTrainer:
         with self._phase("env"):
             self.collector.collect(lambda obs: self.agent.act(obs), cfg.iteration_steps)
             self.collector.writer.checkpoint()  # the reader below sees every finished episode
-        self.real_steps += cfg.iteration_steps
+        self.online_steps += cfg.iteration_steps
         dataset = self._dataset()
         model_log = self._fit_model(dataset, round(cfg.model_updates_per_step * cfg.iteration_steps), False)
         metrics: dict[str, float] = {"model_loss": model_log[-1]["loss"]} if model_log else {}
         for _ in range(round(cfg.agent_updates_per_step * cfg.iteration_steps)):
             metrics.update(self._agent_update(dataset))
         self.last.update(metrics)
-        if self.real_steps % cfg.eval_every == 0:
+        if self.online_steps % cfg.eval_every == 0:
             self._evaluate_and_log(self.last)
-        if self.real_steps % cfg.checkpoint_every == 0 or self.real_steps >= cfg.steps:
+        if self.online_steps % cfg.checkpoint_every == 0 or self.online_steps >= cfg.steps:
             self.checkpoint.save(self._state(), self.agent, self.model, self.generator)
-        return {**self.last, "steps_per_second": self.real_steps / max(self._wall(), 1e-9)}
+        return {**self.last, "steps_per_second": self.online_steps / max(self._wall(), 1e-9)}
 
     def _agent_update(self, dataset: EpisodeDataset) -> dict[str, float]:
         cfg = self.config
@@ -308,6 +313,12 @@ class AGDTrainer:
         return torch.Generator(device=self.model.device).manual_seed(seed)
 
     # ---------------------------------------------------------------- logging and state
+    @property
+    def real_steps(self) -> int:
+        """Every real transition the run has learned from: the warm-start data or prefill plus the online steps
+        (the ``real_steps`` column; ``online_steps`` counts only what the run collected after its start)."""
+        return self.initial_steps + self.online_steps
+
     @contextlib.contextmanager
     def _phase(self, name: str) -> Iterator[None]:
         """Add the wall seconds of the block to ``phase_seconds[name]`` (logged as ``seconds_<name>``)."""
@@ -326,7 +337,8 @@ class AGDTrainer:
             result = evaluate(self.task, lambda obs: self.agent.act(obs, deterministic=True), cfg.eval_episodes, seed=10_000 + cfg.seed)
         row = {
             "algo": run_label(cfg), "task": self.task.name, "seed": cfg.seed, "real_steps": self.real_steps,
-            "wall_seconds": self._wall(), "steps_per_second": self.real_steps / max(self._wall(), 1e-9),
+            "online_steps": self.online_steps,
+            "wall_seconds": self._wall(), "steps_per_second": self.online_steps / max(self._wall(), 1e-9),
             "eval_return_mean": result.mean, "eval_return_std": result.std, "eval_return_stderr": result.stderr,
             "eval_episodes": cfg.eval_episodes,
             **{k: metrics[k] for k in ("model_loss", "actor_loss", "critic_loss", "entropy", "imagined_reward", "imagined_advantage") if k in metrics},
@@ -337,7 +349,8 @@ class AGDTrainer:
 
     def _state(self) -> dict[str, Any]:
         return {
-            "real_steps": self.real_steps,
+            "online_steps": self.online_steps,
+            "initial_steps": self.initial_steps,
             "wall_seconds": self._wall(),
             "phase_seconds": dict(self.phase_seconds),
             "log_rows": len(self.log.rows()),
@@ -349,13 +362,15 @@ class AGDTrainer:
 
 def run_label(config: TrainerConfig) -> str:
     """A run's ``algo`` label: ``agd-<guide>``, plus ``-alpha<α>`` when the guide scale is not the task's default
-    and ``-rhead`` when the world model predicts rewards with a reward head; ``agd-oracle`` for oracle runs."""
+    and ``-rhead`` when the world model predicts rewards with a reward head; ``agd-oracle`` for oracle runs;
+    ``-ppo`` when the agent takes PPO's clipped update (``a2c={"clip_ratio": ...}``, ``agd train --agent ppo``)."""
+    agent = "-ppo" if config.a2c.get("clip_ratio") is not None else ""
     if config.world_model == "oracle":
-        return "agd-oracle"
+        return "agd-oracle" + agent
     alpha = config.alpha
     custom = config.guide != "none" and alpha is not None and alpha != get_task(config.task).guide_scale
     head = bool(config.model.get("reward_head", False))
-    return f"agd-{config.guide}" + (f"-alpha{alpha:g}" if custom else "") + ("-rhead" if head else "")
+    return f"agd-{config.guide}" + (f"-alpha{alpha:g}" if custom else "") + ("-rhead" if head else "") + agent
 
 
 def agent_from_run(run_dir: str | Path) -> tuple[TrainerConfig, A2CAgent]:

@@ -6,8 +6,12 @@ with a checkpoint in its work directory continues with ``--resume``, so a queue 
 session picks up where it stopped; one killed before its first checkpoint starts over. Each finished
 run's ``progress.csv`` and ``config.json`` are copied to ``benchmarks/results/runs/<run>/`` as soon as it ends.
 
+Protocol: every run's ``real_steps`` counts all real transitions it learned from; AGD runs start from a
+5k-step random prefill (see ``command``). The runs in ``results/runs/`` from before this protocol started
+from the shipped datasets (Hopper 20k, HalfCheetah 40k steps), which their ``real_steps`` did not count.
+
 Run (repo root):
-    python3 benchmarks/table1.py --tasks HalfCheetah Hopper --algos eag none --seeds 0 1 2
+    python3 benchmarks/table1.py --tasks HalfCheetah Hopper --algos eag none oracle --seeds 0 1 2 --results benchmarks/results/runs_v2
     python3 benchmarks/table1.py --tasks HalfCheetah --algos eag --seeds 0 1 2 --reward-head   # <run>-rhead-s<seed>
 """
 
@@ -41,14 +45,25 @@ def finished_steps(csv_path: Path) -> int:
     return max(steps, default=0)
 
 
+PREFILL_STEPS = 5000
+"""Uniform-random real steps an AGD run starts from (no shipped data), counted in its ``real_steps``."""
+
+
 def command(task: str, algo: str, seed: int, steps: int, out: Path, reward_head: bool = False) -> list[str]:
-    """The `agd` command line that runs (or resumes) one job."""
+    """The `agd` command line that runs (or resumes) one job of ``steps`` real steps in all.
+
+    Fair accounting: an AGD run starts from ``PREFILL_STEPS`` random steps instead of the shipped dataset
+    and collects ``steps - PREFILL_STEPS`` more, so its log's ``real_steps`` (prefill included) ends at
+    ``steps``, as PPO's does. ``oracle`` is the unguided learner on the real simulator (agd_envs/oracle.py).
+    """
     if algo == "ppo":
         return ["agd", "baseline", "ppo", "--task", task, "--steps", str(steps), "--seed", str(seed), "--out", str(out)]
     if (out / "checkpoint").exists():
         return ["agd", "train", "--resume", "--out", str(out)]
     head = ["--reward-head"] if reward_head else []
-    return ["agd", "train", "--task", task, "--guide", algo, "--steps", str(steps), "--seed", str(seed), "--out", str(out), *head]
+    model = ["--world-model", "oracle", "--guide", "none"] if algo == "oracle" else ["--guide", algo]
+    return ["agd", "train", "--task", task, *model, "--steps", str(steps - PREFILL_STEPS), "--seed", str(seed),
+            "--warm-start", "none", "--prefill-steps", str(PREFILL_STEPS), "--out", str(out), *head]  # fmt: skip
 
 
 def clear_unresumable(out: Path, algo: str) -> bool:
@@ -87,7 +102,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=["Hopper", "HalfCheetah"])
     parser.add_argument("--algos", nargs="+", default=["eag", "none", "ppo", "sag", "reward"],
-                        choices=["eag", "sag", "reward", "none", "ppo"])  # fmt: skip
+                        choices=["eag", "sag", "reward", "none", "oracle", "ppo"])  # fmt: skip
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=100_000)
     parser.add_argument("--reward-head", action="store_true", help="AGD runs with the per-transition reward head")

@@ -34,7 +34,7 @@ def test_eag_raises_the_real_reacher_return(tmp_path: Path) -> None:
     curve = [(int(r["real_steps"]), round(float(r["eval_return_mean"]), 2)) for r in rows]
     print(f"return {before:.2f} +- {float(first['eval_return_stderr']):.2f} -> {after:.2f} +- "
           f"{float(last['eval_return_stderr']):.2f}; gain {after - before:.2f} vs 3 SE {3 * stderr:.2f}")
-    assert int(last["real_steps"]) == STEPS and int(last["eval_episodes"]) == EPISODES
+    assert int(last["online_steps"]) == STEPS and int(last["eval_episodes"]) == EPISODES
     # Measured (1 thread, ~100 s): seed 0 -12.51 +- 0.63 -> -7.53 +- 0.34, gain 4.98 vs 3 SE 2.14;
     # seed 1 -12.16 +- 0.66 -> -8.03 +- 0.38, gain 4.13 vs 2.28.
     assert after - before > 3 * stderr, f"return {before:.2f} -> {after:.2f}, 3 SE = {3 * stderr:.2f}; curve {curve}"

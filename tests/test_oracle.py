@@ -179,7 +179,8 @@ def test_oracle_trainer_run_fits_no_model(tmp_path: Path) -> None:
     assert np.isfinite(float(rows[-1]["actor_loss"]))
     assert (tmp_path / "run" / "checkpoint" / "model" / "oracle.json").is_file()
     resumed = AGDTrainer(config, tmp_path / "run", resume=True, progress=False)  # loads the oracle checkpoint
-    assert isinstance(resumed.model, OracleWorldModel) and resumed.real_steps == 1000
+    assert isinstance(resumed.model, OracleWorldModel) and resumed.online_steps == 1000
+    assert resumed.real_steps == 1000 + resumed.initial_steps > 1000  # the shipped warm start counts
 
 
 def test_oracle_config_errors_and_cli() -> None:

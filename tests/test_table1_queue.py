@@ -23,6 +23,10 @@ def test_a_run_killed_before_its_first_checkpoint_starts_over(tmp_path: Path) ->
     assert table1.clear_unresumable(out, "reward") and not out.exists()
     argv = table1.command("Hopper", "reward", 1, 100_000, out)
     assert "--resume" not in argv and argv[argv.index("--guide") + 1] == "reward"
+    # Fair accounting: 5k random prefill + 95k online steps = the 100k real steps PPO gets.
+    assert argv[argv.index("--steps") + 1] == "95000" and argv[argv.index("--warm-start") + 1] == "none"
+    oracle = table1.command("Hopper", "oracle", 0, 100_000, tmp_path / "o")
+    assert oracle[oracle.index("--world-model") + 1] == "oracle" and oracle[oracle.index("--guide") + 1] == "none"
 
 
 def test_a_checkpointed_run_resumes_and_ppo_always_restarts(tmp_path: Path) -> None:

@@ -96,3 +96,21 @@ def test_run_label_names_a_non_default_guide_scale() -> None:
     assert run_label(TrainerConfig.for_task("Hopper", guide="sag", alpha=0.1)) == "agd-sag-alpha0.1"
     assert run_label(TrainerConfig.for_task("Reacher", guide="eag", alpha=0.1)) == "agd-eag"  # Reacher's default
     assert run_label(TrainerConfig.for_task("Hopper", guide="none", alpha=0.1)) == "agd-none"  # never guided
+
+
+def test_real_steps_count_the_prefill_and_the_warm_start(tmp_path: Path) -> None:
+    # Table I counts every real transition a run learned from (benchmarks/table1.py's protocol).
+    prefilled = AGDTrainer(tiny_config(steps=400, warm_start=None, prefill_steps=300), tmp_path / "p", progress=False).train()
+    assert [int(r["real_steps"]) for r in prefilled] == [300, 500, 700]
+    assert [int(r["online_steps"]) for r in prefilled] == [0, 200, 400]
+    shipped = AGDTrainer(tiny_config(steps=200), tmp_path / "s", progress=False)
+    rows = shipped.train()
+    assert shipped.initial_steps == 40_000 and int(rows[-1]["real_steps"]) == 40_200  # datasets/reacher-mixed
+
+
+def test_agent_flag_selects_the_ppo_update_and_labels_the_run() -> None:
+    from agents.a2c import A2C_PRESETS
+
+    config = TrainerConfig.for_task("Hopper", world_model="oracle", guide="none", a2c=A2C_PRESETS["ppo"])
+    assert run_label(config) == "agd-oracle-ppo"
+    assert run_label(TrainerConfig.for_task("Hopper")) == "agd-eag"

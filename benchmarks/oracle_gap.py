@@ -1,0 +1,157 @@
+"""Where a dream loses the learner's signal: imagined segments against the real simulator's, same s_0 and actions.
+
+For a trained run (``agd train --out RUN``), from ``--starts`` start states drawn from the run's own
+dataset, the run's world model imagines joint segments with the run's policy and guide; the oracle
+(agd_envs/oracle.py, the real MuJoCo simulator) then replays exactly the imagined actions from the same
+s_0. Reported, per step t and over the H-step segment:
+
+- state error: RMSE of imagined vs real s_t in z-units of the dataset's statistics;
+- reward error: mean |r_imagined - r_real| and the real reward's std (what an error is small against);
+- return: mean H-step return imagined vs real, and their correlation across segments (does the dream
+  rank segments as reality does?);
+- advantages: correlation of A_t from the imagined segment with A_t from the real one (the run's critic
+  on both), and how often their signs agree;
+- GAE(λ) advantages as the agent's update computes them (from its target critic): their correlation;
+- the policy gradient: cosine between the actor's A2C gradient (GAE advantages) on the imagined batch
+  and on the real replay of it (1: the dream points the update where reality does; 0: no information).
+
+Run (repo root):
+    python3 benchmarks/oracle_gap.py RUN [RUN ...] --name oracle_gap_halfcheetah
+    python3 benchmarks/oracle_gap.py RUN --fit-updates 2000 8000 20000 --name oracle_gap_refit   # training length
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from einops import rearrange
+from torch import Tensor
+
+from agd_envs.datasets import EpisodeDataset
+from agd_envs.guides import advantages
+from agd_envs.oracle import OracleWorldModel
+from agd_envs.sampling import Imagined, imagine
+from agd_envs.world_model import WorldModel, WorldModelConfig
+from agents.a2c import A2CAgent, alive_mask
+from agents.trainer import agent_from_run
+
+try:
+    from benchmarks._common import write_result
+except ImportError:  # run as a script from the repo root
+    from _common import write_result
+
+
+def replay(oracle: OracleWorldModel, s0: Tensor, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The real simulator from ``s0`` ``B x S`` under fixed actions ``B x H x A`` -> states, rewards, terminations."""
+    states, rewards, done = [s0], [], []
+    for t in range(actions.shape[1]):
+        next_obs, reward, terminated = oracle.step(states[-1], actions[:, t])
+        states.append(next_obs)
+        rewards.append(reward)
+        done.append(terminated)
+    terminations = torch.cumsum(torch.stack(done, 1).long(), 1) > 0
+    return torch.stack(states, 1), torch.stack(rewards, 1), terminations
+
+
+def policy_gradient(agent: A2CAgent, states: Tensor, actions: Tensor, adv: Tensor, valid: Tensor) -> Tensor:
+    """The actor's flattened gradient of mean(log pi(a|s) * normalized A) over valid transitions."""
+    a = adv[valid]
+    a = (a - a.mean()) / (a.std() + 1e-8)
+    agent.actor.zero_grad(set_to_none=True)
+    loss = -(agent.actor(states[:, :-1][valid]).log_prob(actions[valid]) * a).mean()
+    loss.backward()
+    return torch.cat([p.grad.flatten() for p in agent.actor.parameters() if p.grad is not None])
+
+
+def gae_advantages(agent: A2CAgent, states: Tensor, rewards: Tensor, terminations: Tensor) -> Tensor:
+    """``B x H`` GAE(λ) advantages exactly as the agent's update computes them (segments end in a truncation)."""
+    tm = lambda x: rearrange(x, "b h ... -> h b ...")  # noqa: E731
+    adv, _ = agent.value_targets(tm(states[:, :-1]), tm(rewards), tm(states[:, 1:]), tm(terminations), tm(terminations))
+    return rearrange(adv, "h b -> b h")
+
+
+def corr(x: Tensor, y: Tensor) -> float:
+    """Pearson correlation of two flat tensors."""
+    return float(np.corrcoef(x.double().numpy(), y.double().numpy())[0, 1])
+
+
+def measure(run: Path, starts: int, seed: int, model: WorldModel | None = None) -> dict[str, object]:
+    """The gap between the run's dream (or ``model``'s) and the real simulator (see the module docstring)."""
+    config, agent = agent_from_run(run)
+    model = model if model is not None else WorldModel.load(run / "checkpoint" / "model")
+    data = EpisodeDataset.open(run / "data", task=config.task)
+    gen = torch.Generator().manual_seed(seed)
+    s0 = data.sample_segments(starts, model.config.horizon, generator=gen).states[:, 0]
+    critic = agent.critic if config.guide in ("eag", "sag") else None
+    dream: Imagined = imagine(model, s0, agent.actor, critic, guide=config.guide, alpha=config.alpha, generator=gen)
+    oracle = OracleWorldModel(config.task)
+    real_states, real_rewards, real_done = replay(oracle, s0, dream.actions)
+    valid = alive_mask(real_done) & alive_mask(dream.terminations)
+    stats = data.statistics()
+    scale = torch.as_tensor(np.asarray(stats.obs_std), dtype=torch.float32)
+    state_rmse = ((dream.states - real_states) / scale).square().mean(-1).sqrt()  # B x (H+1)
+    with torch.no_grad():
+        adv_dream = advantages(dream.states, dream.rewards, agent.critic, dream.terminations, agent.config.gamma)
+        adv_real = advantages(real_states, real_rewards, agent.critic, real_done, agent.config.gamma)
+        gae_dream = gae_advantages(agent, dream.states, dream.rewards, dream.terminations)
+        gae_real = gae_advantages(agent, real_states, real_rewards, real_done)
+    g_dream = policy_gradient(agent, dream.states, dream.actions, gae_dream, valid)
+    g_real = policy_gradient(agent, real_states, dream.actions, gae_real, valid)
+    return_dream, return_real = (torch.where(valid, r, 0.0).sum(1) for r in (dream.rewards, real_rewards))
+    oracle.close()
+    return {
+        "run": str(run), "task": config.task, "guide": config.guide, "dataset_steps": int(data.num_steps),
+        "state_rmse_z_per_step": [round(float(v), 4) for v in state_rmse.mean(0)[1:]],
+        "reward_mae_per_step": [round(float(v), 4) for v in (dream.rewards - real_rewards).abs().mean(0)],
+        "reward_std_real": float(real_rewards[valid].std()),
+        "return_mean": {"dream": float(return_dream.mean()), "real": float(return_real.mean())},
+        "return_corr": corr(return_dream, return_real),
+        "advantage_corr": corr(adv_dream[valid], adv_real[valid]),
+        "advantage_sign_agreement": float(((adv_dream > 0) == (adv_real > 0))[valid].double().mean()),
+        "gae_advantage_corr": corr(gae_dream[valid], gae_real[valid]),
+        "policy_gradient_cosine": float(torch.nn.functional.cosine_similarity(g_dream, g_real, dim=0)),
+        "action_saturation": float((dream.actions.abs() >= 1.0).double().mean()),
+    }  # fmt: skip
+
+
+def refits(run: Path, updates: list[int], overrides: dict[str, int], starts: int, seed: int) -> list[dict[str, object]]:
+    """A fresh ``cpu``-preset model (with ``overrides``) fit on the run's data, measured after each count of ``updates``."""
+    config, _ = agent_from_run(run)
+    data = EpisodeDataset.open(run / "data", task=config.task)
+    torch.manual_seed(seed)
+    model = WorldModel(WorldModelConfig.preset("cpu", config.task, **{**config.model, **overrides}))
+    gen, rows, done = torch.Generator().manual_seed(seed), [], 0
+    for total in sorted(updates):
+        start = time.perf_counter()
+        model.fit(data, total - done, generator=gen, progress=False)
+        done, seconds = total, time.perf_counter() - start
+        rows.append({"fit_updates": total, "fit_seconds": seconds, **overrides, **measure(run, starts, seed, model)})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="agd train run directories (with a checkpoint)")
+    parser.add_argument("--starts", type=int, default=256, help="segments (start states from the run's data)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--name", default="oracle_gap", help="result file benchmarks/results/<name>.json")
+    parser.add_argument("--fit-updates", type=int, nargs="*", default=[],
+                        help="instead of the run's model: a fresh cpu-preset model fit on the run's data, measured at these update counts")
+    parser.add_argument("--width", type=int, help="with --fit-updates: the fresh model's width")
+    parser.add_argument("--depth", type=int, help="with --fit-updates: the fresh model's depth")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    if args.fit_updates:
+        overrides = {k: v for k, v in (("width", args.width), ("depth", args.depth)) if v is not None}
+        rows = [row for run in args.runs for row in refits(run, args.fit_updates, overrides, args.starts, args.seed)]
+    else:
+        rows = [measure(run, args.starts, args.seed) for run in args.runs]
+    write_result(args.name, {"starts": args.starts, "runs": rows})
+
+
+if __name__ == "__main__":
+    main()
