@@ -260,7 +260,8 @@ class AGDTrainer:
         s0 = s0.to(self.model.device)
         if cfg.imagination == "joint":
             with self._phase("imagine"):
-                segments = imagine(self.model, s0, self.agent.actor, self.agent.critic, guide=cfg.guide, alpha=cfg.alpha, generator=self._device_generator())
+                segments = imagine(self.model, s0, self.agent.actor, self.agent.critic, guide=cfg.guide, alpha=cfg.alpha,
+                                  gamma=self.agent.config.gamma, generator=self._device_generator())  # fmt: skip
             with self._phase("agent"):
                 stats = self.agent.update(segments)
         else:
@@ -290,7 +291,7 @@ class AGDTrainer:
 
         cfg = self.config
         critic = self.agent.critic if cfg.guide in ("eag", "sag") else None
-        env = DreamVectorEnv(self.task, num_envs=len(s0), model=self.model, critic=critic, guide=cfg.guide, alpha=cfg.alpha, dataset=dataset, device=cfg.device, sampling_steps=cfg.sampling_steps)
+        env = DreamVectorEnv(self.task, num_envs=len(s0), model=self.model, critic=critic, guide=cfg.guide, alpha=cfg.alpha, dataset=dataset, device=cfg.device, sampling_steps=cfg.sampling_steps, gamma=self.agent.config.gamma)
         obs, _ = env.reset(seed=int(torch.randint(0, 2**31 - 1, (1,), generator=self.generator)), options={"initial_state": s0.cpu().numpy()})
         rows: dict[str, list[np.ndarray]] = {k: [] for k in ("obs", "actions", "rewards", "next_obs", "terminated", "truncated")}
         for _ in range(self.model.config.horizon):

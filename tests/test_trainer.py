@@ -114,3 +114,18 @@ def test_agent_flag_selects_the_ppo_update_and_labels_the_run() -> None:
     config = TrainerConfig.for_task("Hopper", world_model="oracle", guide="none", a2c=A2C_PRESETS["ppo"])
     assert run_label(config) == "agd-oracle-ppo"
     assert run_label(TrainerConfig.for_task("Hopper")) == "agd-eag"
+
+
+@pytest.mark.parametrize("imagination", ["joint", "closed-loop"])
+def test_the_guide_discounts_with_the_agents_gamma(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, imagination: str) -> None:
+    # One source for gamma: the advantage the guide steers by uses the A2C's discount, not a default 0.99.
+    import agd_envs.dream_env
+    import agents.trainer as trainer_module
+
+    seen: list[float] = []
+    real_imagine, real_env = trainer_module.imagine, agd_envs.dream_env.DreamVectorEnv
+    monkeypatch.setattr(trainer_module, "imagine", lambda *a, **k: (seen.append(k["gamma"]), real_imagine(*a, **k))[1])
+    monkeypatch.setattr(agd_envs.dream_env, "DreamVectorEnv", lambda *a, **k: (seen.append(k["gamma"]), real_env(*a, **k))[1])
+    trainer = AGDTrainer(tiny_config(imagination=imagination, a2c={"gamma": 0.9}), tmp_path / "run", progress=False)
+    trainer.iteration()
+    assert seen and set(seen) == {0.9}
