@@ -43,9 +43,7 @@ def _train(args: argparse.Namespace) -> None:
     from agents.trainer import AGDTrainer, TrainerConfig, config_from_run
 
     if args.resume:
-        config = config_from_run(args.out)
-        if args.task and args.task != config.task:
-            raise ValueError(f"{args.out} holds a {config.task} run, not {args.task}; pass --task {config.task} or another --out")
+        config = _resumed_config(config_from_run(args.out), args)
     else:
         if not args.task:
             raise ValueError("--task is required for a new run")
@@ -59,7 +57,8 @@ def _train(args: argparse.Namespace) -> None:
 
             overrides["a2c"] = dict(A2C_PRESETS[args.agent])
         guide = args.guide or ("none" if args.world_model == "oracle" else "eag")
-        config = TrainerConfig.for_task(args.task, guide=guide, steps=args.steps, seed=args.seed, **overrides)
+        steps, seed = (DEFAULT_STEPS if args.steps is None else args.steps), (0 if args.seed is None else args.seed)
+        config = TrainerConfig.for_task(args.task, guide=guide, steps=steps, seed=seed, **overrides)
     trainer = AGDTrainer(config, args.out, resume=args.resume)
     rows = trainer.train()
     first, last = rows[0], rows[-1]
@@ -71,6 +70,35 @@ def _train(args: argparse.Namespace) -> None:
         from agents.plotting import plot, read_runs
 
         print(f"learning curve: {plot(read_runs([args.out]), Path(args.out) / 'learning_curve.png')}")
+
+
+DEFAULT_STEPS = 100_000
+"""``agd train --steps`` of a new run when none is given."""
+
+
+def _resumed_config(config: "TrainerConfig", args: argparse.Namespace) -> "TrainerConfig":
+    """The saved config of a run to resume; ``--steps`` may extend it, any other flag must match what was saved."""
+    given = {k: v for k, v in vars(args).items() if k in (*_TRAIN_OVERRIDES, "task", "guide", "seed") and v is not None}
+    if args.reward_head:
+        given["reward_head"] = True
+    saved = {**vars(config), "reward_head": bool(config.model.get("reward_head", False))}
+    if given.get("warm_start") == "none":
+        given["warm_start"] = None
+    for key, value in given.items():
+        if saved[key] != value:
+            flag = "--" + key.replace("_", "-")
+            raise ValueError(
+                f"{flag} {value} differs from the run's saved {key} = {saved[key]!r}; --resume continues a run with its "
+                f"own config (only --steps may grow, to extend it): drop {flag}, or start a new run in another --out"
+            )
+    if args.agent is not None:
+        from agents.a2c import A2C_PRESETS
+
+        if any(config.a2c.get(k) != v for k, v in A2C_PRESETS[args.agent].items()):
+            raise ValueError(f"--agent {args.agent} differs from the run's saved agent settings {config.a2c}; drop --agent")
+    if args.steps is not None:
+        config.steps = args.steps
+    return config
 
 
 _TRAIN_OVERRIDES = ("imagination", "alpha", "warm_start", "iteration_steps", "eval_every", "eval_episodes",
@@ -137,8 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="AGD-MBRL training (paper Algorithm 1) on a real task")
     train.add_argument("--task", choices=tasks, help="required unless --resume")
     train.add_argument("--guide", choices=["eag", "sag", "reward", "none"], help="default: eag (none with --world-model oracle)")
-    train.add_argument("--steps", type=int, default=100_000, help="real environment steps")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--steps", type=int, help="online real steps (default 100000); with --resume: a larger value extends the run")
+    train.add_argument("--seed", type=int, help="default 0")
     train.add_argument("--out", required=True, help="run directory (config, dataset, logs, checkpoints)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     train.add_argument("--imagination", choices=["joint", "closed-loop"])

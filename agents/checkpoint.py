@@ -43,6 +43,7 @@ class RunCheckpoint:
         self.data_dir = self.run_dir / "data"
         self.dir = self.run_dir / "checkpoint"
         self.config_path = self.run_dir / "config.json"
+        self._new_target: dict[str, Any] | None = None  # the config of a resumed run whose steps were extended
 
     def prepare(self, config: "TrainerConfig", resume: bool) -> None:
         """Create a fresh run directory, or check that ``resume`` can continue the one there."""
@@ -54,6 +55,16 @@ class RunCheckpoint:
                 raise RunError(f"{self.run_dir}: holds a {saved['task']} run, not {config.task}; pass --task {saved['task']} or another --out")
             if not (self.dir / "state.json").exists():
                 raise RunError(f"{self.run_dir}: no checkpoint yet (checkpoint/state.json); start the run again without --resume in a new --out")
+            wanted = json.loads(json.dumps(dataclasses.asdict(config)))  # tuples -> lists, as saved
+            changed = sorted(k for k in set(saved) | set(wanted) if k != "steps" and saved.get(k) != wanted.get(k))
+            if changed:
+                key = changed[0]
+                raise RunError(
+                    f"{self.run_dir}: a resumed run keeps its config, but {key} = {wanted.get(key)!r} differs from the saved "
+                    f"{saved.get(key)!r}; only steps can change (to extend the run); start a new --out to change {key}"
+                )
+            if wanted["steps"] != saved["steps"]:  # extending the run: the saved target moves once load succeeds
+                self._new_target = wanted
             return
         if saved is not None:
             what = f"a {saved['task']} run" if saved.get("task") != config.task else "a run"
@@ -106,6 +117,8 @@ class RunCheckpoint:
         torch.set_rng_state(training["torch_rng"])
         generator.set_state(training["generator"])
         self._roll_back_dataset(state["num_episodes"], model.task)
+        if self._new_target is not None:
+            self.config_path.write_text(json.dumps(self._new_target, indent=2) + "\n")
         return state
 
     def _roll_back_dataset(self, num_episodes: int, task: Task) -> None:

@@ -231,7 +231,9 @@ class AGDTrainer:
             bar.update(cfg.iteration_steps)
             bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if k in ("eval_return_mean", "model_loss", "steps_per_second")})
         bar.close()
-        self.collector.writer.checkpoint()
+        # Release the dataset's lock: the run can be resumed (extended) or reopened in this process. The episode in
+        # flight stays in the checkpoint's collector state, not in the dataset, exactly as after a crash.
+        self.collector.close(keep_partial=False)
         self.log.close()
         return self.log.rows()
 

@@ -129,3 +129,23 @@ def test_the_guide_discounts_with_the_agents_gamma(tmp_path: Path, monkeypatch: 
     trainer = AGDTrainer(tiny_config(imagination=imagination, a2c={"gamma": 0.9}), tmp_path / "run", progress=False)
     trainer.iteration()
     assert seen and set(seen) == {0.9}
+
+
+def test_resume_with_more_steps_extends_the_run_as_if_uninterrupted(tmp_path: Path) -> None:
+    full = AGDTrainer(tiny_config(steps=400), tmp_path / "full", progress=False).train()
+    AGDTrainer(tiny_config(steps=200), tmp_path / "short", progress=False).train()
+    extended = AGDTrainer(tiny_config(steps=400), tmp_path / "short", resume=True, progress=False).train()
+    assert _returns(extended) == _returns(full) and len(extended) == 3
+    assert '"steps": 400' in (tmp_path / "short" / "config.json").read_text()  # a later --resume knows the new target
+    with pytest.raises(RunError, match="seed = 3 differs from the saved 0"):
+        AGDTrainer(tiny_config(steps=400, seed=3), tmp_path / "short", resume=True, progress=False)
+
+
+def test_cli_resume_names_a_flag_that_differs_from_the_saved_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    AGDTrainer(tiny_config(steps=200), tmp_path / "run", progress=False).train()
+    before = (tmp_path / "run" / "progress.csv").read_text()
+    for flag, value, saved in (("--guide", "sag", "'eag'"), ("--seed", "3", "0"), ("--alpha", "0.5", "None")):
+        with pytest.raises(SystemExit):
+            agd_main(["train", "--out", str(tmp_path / "run"), "--resume", flag, value])
+        assert f"{flag} {value} differs from the run's saved" in capsys.readouterr().err and saved
+    assert (tmp_path / "run" / "progress.csv").read_text() == before  # nothing written
