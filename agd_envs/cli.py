@@ -103,7 +103,7 @@ def _resumed_config(config: "TrainerConfig", args: argparse.Namespace) -> "Train
 
 _TRAIN_OVERRIDES = ("imagination", "alpha", "warm_start", "iteration_steps", "eval_every", "eval_episodes",
                     "checkpoint_every", "device", "num_envs", "model_preset", "sampling_steps", "world_model",
-                    "prefill_steps")  # fmt: skip
+                    "prefill_steps", "start_window")  # fmt: skip
 
 
 def _eval(args: argparse.Namespace) -> None:
@@ -175,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="dataset to start from (default: the shipped one); 'none': --prefill-steps uniform-random steps instead")
     train.add_argument("--agent", choices=["paper", "ppo"],
                        help="agent update scheme (agents/a2c.py A2C_PRESETS): paper = one A2C step per batch (default), ppo = 4 clipped epochs x 4 minibatches")
+    train.add_argument("--start-window", dest="start_window", type=int,
+                       help="imagine from states of the last N real transitions (default: the whole dataset)")
     train.add_argument("--prefill-steps", dest="prefill_steps", type=int, help="random real steps with --warm-start none (default 5000)")
     train.add_argument("--iteration-steps", dest="iteration_steps", type=int)
     train.add_argument("--eval-every", dest="eval_every", type=int)

@@ -93,6 +93,10 @@ class TrainerConfig:
     """Real steps between checkpoints (a multiple of ``iteration_steps``)."""
     device: str = "cpu"
     """Torch device of the world model and the agent."""
+    start_window: int | None = None
+    """Imagination starts from states of the most recent ``start_window`` real transitions (whole episodes,
+    newest first; at least the last one); None: from the whole dataset (the paper's). Recent states are
+    where the current policy goes; the warm start's random-play states are where it no longer does."""
     a2c: dict[str, Any] = field(default_factory=dict)
     """Overrides of A2CConfig fields."""
     model: dict[str, Any] = field(default_factory=dict)
@@ -258,7 +262,9 @@ class AGDTrainer:
 
     def _agent_update(self, dataset: EpisodeDataset) -> dict[str, float]:
         cfg = self.config
-        s0 = dataset.sample_segments(cfg.imagination_batch, self.model.config.horizon, generator=self.generator).states[:, 0]
+        horizon = self.model.config.horizon
+        rows = None if cfg.start_window is None else recent_rows(dataset, horizon, cfg.start_window, cfg.imagination_batch, self.generator)
+        s0 = dataset.sample_segments(cfg.imagination_batch, horizon, generator=self.generator, indices=rows).states[:, 0]
         s0 = s0.to(self.model.device)
         if cfg.imagination == "joint":
             with self._phase("imagine"):
@@ -361,6 +367,19 @@ class AGDTrainer:
             "collector": self.collector.state_dict(),
             "config": dataclasses.asdict(self.config),
         }
+
+
+def recent_rows(dataset: EpisodeDataset, horizon: int, window: int, count: int, generator: torch.Generator) -> torch.Tensor:
+    """``count`` rows of ``dataset.segment_starts(horizon)`` drawn uniformly from the episodes holding the last
+    ``window`` transitions (episodes are stored in the order they were collected)."""
+    starts = dataset.segment_starts(horizon)
+    if len(starts) == 0:
+        raise ValueError(f"no episode of the run's dataset has {horizon} transitions to start a segment from")
+    steps_to_end = np.cumsum(dataset.episode_lengths[::-1])[::-1]  # transitions from episode e to the end
+    recent = np.flatnonzero(steps_to_end <= window)
+    first_episode = int(recent[0]) if len(recent) else dataset.num_episodes - 1
+    first_row = min(int(np.searchsorted(starts[:, 0], first_episode)), len(starts) - 1)
+    return first_row + torch.randint(len(starts) - first_row, (count,), generator=generator)
 
 
 def run_label(config: TrainerConfig) -> str:

@@ -149,3 +149,18 @@ def test_cli_resume_names_a_flag_that_differs_from_the_saved_run(tmp_path: Path,
             agd_main(["train", "--out", str(tmp_path / "run"), "--resume", flag, value])
         assert f"{flag} {value} differs from the run's saved" in capsys.readouterr().err and saved
     assert (tmp_path / "run" / "progress.csv").read_text() == before  # nothing written
+
+
+def test_recent_start_states_come_from_the_newest_episodes() -> None:
+    import torch
+
+    from agd_envs.datasets import EpisodeDataset
+    from agd_envs.defaults import default_dataset_path
+    from agents.trainer import recent_rows
+
+    data = EpisodeDataset.open(default_dataset_path("Reacher"))  # 800 episodes of 50 steps, in collection order
+    starts = data.segment_starts(10)
+    rows = recent_rows(data, 10, 500, 4096, torch.Generator().manual_seed(0))
+    episodes = set(starts[rows.numpy(), 0].tolist())
+    assert episodes == set(range(790, 800))  # the last 10 episodes hold the last 500 transitions, all drawn
+    assert set(starts[recent_rows(data, 10, 1, 64, torch.Generator()).numpy(), 0].tolist()) == {799}
