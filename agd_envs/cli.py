@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from agd_envs.tasks import TASKS, get_task
 
@@ -47,15 +47,7 @@ def _train(args: argparse.Namespace) -> None:
     else:
         if not args.task:
             raise ValueError("--task is required for a new run")
-        overrides = {k: v for k, v in vars(args).items() if k in _TRAIN_OVERRIDES and v is not None}
-        if overrides.get("warm_start") == "none":
-            overrides["warm_start"] = None  # TrainerConfig: prefill with random steps
-        if args.reward_head:
-            overrides["model"] = {"reward_head": True}
-        if args.agent:
-            from agents.a2c import A2C_PRESETS
-
-            overrides["a2c"] = dict(A2C_PRESETS[args.agent])
+        overrides = _flag_overrides(args)
         guide = args.guide or ("none" if args.world_model == "oracle" else "eag")
         steps, seed = (DEFAULT_STEPS if args.steps is None else args.steps), (0 if args.seed is None else args.seed)
         config = TrainerConfig.for_task(args.task, guide=guide, steps=steps, seed=seed, **overrides)
@@ -76,26 +68,38 @@ DEFAULT_STEPS = 100_000
 """``agd train --steps`` of a new run when none is given."""
 
 
-def _resumed_config(config: "TrainerConfig", args: argparse.Namespace) -> "TrainerConfig":
-    """The saved config of a run to resume; ``--steps`` may extend it, any other flag must match what was saved."""
-    given = {k: v for k, v in vars(args).items() if k in (*_TRAIN_OVERRIDES, "task", "guide", "seed") and v is not None}
+def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The TrainerConfig fields the given ``agd train`` flags set (flags left out set nothing)."""
+    overrides = {k: v for k, v in vars(args).items() if k in _TRAIN_OVERRIDES and v is not None}
+    if overrides.get("warm_start") == "none":
+        overrides["warm_start"] = None  # TrainerConfig: prefill with random steps
     if args.reward_head:
-        given["reward_head"] = True
-    saved = {**vars(config), "reward_head": bool(config.model.get("reward_head", False))}
-    if given.get("warm_start") == "none":
-        given["warm_start"] = None
-    for key, value in given.items():
-        if saved[key] != value:
-            flag = "--" + key.replace("_", "-")
-            raise ValueError(
-                f"{flag} {value} differs from the run's saved {key} = {saved[key]!r}; --resume continues a run with its "
-                f"own config (only --steps may grow, to extend it): drop {flag}, or start a new run in another --out"
-            )
-    if args.agent is not None:
+        overrides["model"] = {"reward_head": True}
+    if args.agent:
         from agents.a2c import A2C_PRESETS
 
-        if any(config.a2c.get(k) != v for k, v in A2C_PRESETS[args.agent].items()):
-            raise ValueError(f"--agent {args.agent} differs from the run's saved agent settings {config.a2c}; drop --agent")
+        overrides["a2c"] = dict(A2C_PRESETS[args.agent])
+    return overrides
+
+
+_DICT_FLAGS = {"model": "--reward-head", "a2c": "--agent"}
+"""Flags that set entries of a TrainerConfig dict field rather than a field."""
+
+
+def _resumed_config(config: "TrainerConfig", args: argparse.Namespace) -> "TrainerConfig":
+    """The saved config of a run to resume; ``--steps`` may extend it, any other flag must match what was saved."""
+    given = {k: getattr(args, k) for k in ("task", "guide", "seed") if getattr(args, k) is not None} | _flag_overrides(args)
+    for key, value in given.items():
+        saved = getattr(config, key)
+        if key in _DICT_FLAGS:
+            differs, flag, shown = any(saved.get(k) != v for k, v in value.items()), _DICT_FLAGS[key], args.agent if key == "a2c" else ""
+        else:
+            differs, flag, shown = saved != value, "--" + key.replace("_", "-"), value
+        if differs:
+            raise ValueError(
+                f"{f'{flag} {shown}'.rstrip()} differs from the run's saved {key} = {saved!r}; --resume continues a run with its "
+                f"own config (only --steps may grow, to extend it): drop {flag}, or start a new run in another --out"
+            )
     if args.steps is not None:
         config.steps = args.steps
     return config

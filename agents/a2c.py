@@ -401,9 +401,7 @@ class A2CAgent:
             old_log_prob = self.actor(obs).log_prob(actions)
         metrics: dict[str, float] = {}
         for _ in range(cfg.epochs):
-            whole = cfg.minibatches == 1  # no shuffle (and no draw from torch's RNG) for whole-batch steps
-            order = torch.arange(len(obs), device=obs.device) if whole else torch.randperm(len(obs), device=obs.device)
-            for rows in order.tensor_split(min(cfg.minibatches, len(obs))):
+            for rows in self._minibatches(len(obs), obs.device):
                 metrics = self._actor_step(obs[rows], actions[rows], advantages[rows], old_log_prob[rows])
                 metrics |= self._critic_step(obs[rows], returns[rows])
         metrics["policy_change"] = self._policy_change(obs, actions, old_log_prob)
@@ -413,6 +411,13 @@ class A2CAgent:
                     target.lerp_(online, 1.0 - cfg.target_ema)
         self.num_updates += 1
         return metrics | summary
+
+    def _minibatches(self, n: int, device: torch.device) -> list[slice] | tuple[Tensor, ...]:
+        """Row selections of one pass over ``n`` transitions: the whole batch (no shuffle, no draw from torch's
+        RNG) or ``config.minibatches`` shuffled parts."""
+        if self.config.minibatches == 1:
+            return [slice(None)]
+        return torch.randperm(n, device=device).tensor_split(min(self.config.minibatches, n))
 
     def _actor_step(self, obs: Tensor, actions: Tensor, adv: Tensor, old_log_prob: Tensor) -> dict[str, float]:
         """Policy-gradient step on ``N x S`` obs, ``N x A`` actions, ``N`` (normalized) advantages and the
