@@ -31,7 +31,7 @@ Policy = Callable[[np.ndarray], Union[np.ndarray, torch.Tensor]]
 
 
 class Refittable(Protocol):
-    """A model trained on a dataset in place (``agd_envs.world_model.WorldModel`` satisfies it)."""
+    """What trains a model on a dataset in place (``agd_envs.training.WorldModelTrainer`` satisfies it)."""
 
     def fit(self, dataset: EpisodeDataset, steps: int, **kwargs: Any) -> Any: ...
 
@@ -154,8 +154,8 @@ class RealEnvCollector:
         self._obs = obs
         return finished
 
-    def refit(self, model: Refittable, steps: int, **fit_kwargs: Any) -> Any:
-        """Train ``model`` in place for ``steps`` updates on every episode finished so far; returns ``model.fit``'s log.
+    def refit(self, trainer: Refittable, steps: int, **fit_kwargs: Any) -> Any:
+        """Train ``trainer``'s model in place for ``steps`` updates on every finished episode; returns the fit log.
 
         The writer is checkpointed (so the dataset on disk holds every finished episode; episodes still
         in flight are not included) and reopened as an :class:`EpisodeDataset`. Refitting in place keeps
@@ -164,15 +164,15 @@ class RealEnvCollector:
         ``step``. Their start states are the dataset they were built with; build a new env to draw from
         the new episodes.
 
-        :param model: e.g. a WorldModel; its optimizer persists across refits.
+        :param trainer: e.g. ``WorldModelTrainer(model)``, kept across refits so its optimizer state persists.
         :param steps: gradient updates.
-        :param fit_kwargs: passed to ``model.fit`` (``generator``, ``max_seconds``, ...; ``progress``
+        :param fit_kwargs: passed to ``trainer.fit`` (``generator``, ``max_seconds``, ...; ``progress``
             defaults to this collector's).
         """
         self.writer.checkpoint()
         dataset = EpisodeDataset.open(self.writer.path, task=self.task)
         fit_kwargs.setdefault("progress", self.progress)
-        return model.fit(dataset, steps, **fit_kwargs)
+        return trainer.fit(dataset, steps, **fit_kwargs)
 
     def _write(self, buffer: _EpisodeBuffer, terminated: bool, truncated: bool) -> None:
         n = len(buffer.actions)

@@ -106,6 +106,7 @@ def default_model(task: str | Task, device: str | torch.device = "cpu", *, progr
     :raises agd_envs.world_model.CheckpointError: the cached checkpoint is damaged (delete the directory it names).
     """
     from agd_envs.datasets import EpisodeDataset
+    from agd_envs.training import WorldModelTrainer
     from agd_envs.world_model import WorldModel, WorldModelConfig
 
     task = get_task(task)
@@ -119,7 +120,8 @@ def default_model(task: str | Task, device: str | torch.device = "cpu", *, progr
         file=sys.stderr,
     )
     model = WorldModel(WorldModelConfig.preset(DEFAULT_PRESET, task)).to(device)
-    model.fit(dataset, DEFAULT_FIT_STEPS, generator=torch.Generator().manual_seed(0), progress=progress)
+    generator = torch.Generator().manual_seed(0)
+    WorldModelTrainer(model).fit(dataset, DEFAULT_FIT_STEPS, generator=generator, progress=progress)
     _save_atomically(model, target)
     return model
 

@@ -127,9 +127,6 @@ class OracleWorldModel:
     :param device: where ``rollout`` puts its tensors.
     """
 
-    optimizer: None = None
-    """No weights, so no optimizer (agents/checkpoint.py saves ``model.optimizer``)."""
-
     def __init__(self, task: str | Task, config: OracleConfig | None = None, device: str | torch.device = "cpu") -> None:
         self.task = get_task(task)
         self.config = config if config is not None else OracleConfig(horizon=self.task.horizon)
@@ -148,10 +145,6 @@ class OracleWorldModel:
         """Return tensors on ``device`` from now on (the simulator itself runs on the CPU)."""
         self._device = torch.device(device)
         return self
-
-    def fit(self, *args: Any, **kwargs: Any) -> list[dict[str, float]]:
-        """No-op: the simulator needs no training; returns no log rows."""
-        return []
 
     def _segments(self, obs: np.ndarray) -> list[mujoco.MjData]:
         """One simulator state per observation ``B x S`` (float64), restored from a freshly reset ``MjData``."""

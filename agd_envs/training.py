@@ -125,90 +125,111 @@ def entry_weights(layout: SegmentLayout, reward_weight: float, like: torch.Tenso
     return state + (1.0 - state) * reward_weight
 
 
-@torch.no_grad()
-def update_ema(model: WorldModel) -> None:
-    """EMA of the network weights with warm-up: decay = min(config.ema_decay, (1+n)/(10+n))."""
-    n = int(model.num_updates)
-    decay = min(model.config.ema_decay, (1.0 + n) / (10.0 + n))
-    ema = list(model.ema_network.parameters())
-    torch._foreach_lerp_(ema, list(model.network.parameters()), 1.0 - decay)
-    for e, p in zip(model.ema_network.buffers(), model.network.buffers()):
-        e.copy_(p)
+class WorldModelTrainer:
+    """The training state of one WorldModel: its AdamW optimizer and the EMA update of its sampling weights.
 
+    The model holds only what sampling needs (network, EMA network, normalizer, config); whatever updates
+    the weights lives here, so repeated ``fit`` calls on one trainer continue the optimizer's moments
+    (periodic refits, ``RealEnvCollector.refit``) and a run checkpoint saves ``state_dict()`` beside the model.
+    """
 
-def _optimizer(model: WorldModel) -> torch.optim.Optimizer:
-    """The model's Adam, created on first use and kept on the model so repeated fits continue."""
-    if model.optimizer is None:
-        model.optimizer = torch.optim.AdamW(
+    def __init__(self, model: WorldModel) -> None:
+        self.model = model
+        self.optimizer = torch.optim.AdamW(
             model.trainable_parameters(), lr=model.config.lr, weight_decay=model.config.weight_decay
         )
-    # Moments created before a .to(device) stay behind; move them along with the parameters.
-    for state in model.optimizer.state.values():
-        for key, value in state.items():
-            if isinstance(value, torch.Tensor) and value.device != model.device and key != "step":
-                state[key] = value.to(model.device)
-    return model.optimizer
 
+    def fit(
+        self,
+        dataset: SegmentSource,
+        steps: int,
+        *,
+        batch_size: int | None = None,
+        generator: torch.Generator | None = None,
+        progress: bool = True,
+        log_every: int = 100,
+        callback: Callable[[dict[str, float]], bool | None] | None = None,
+        max_seconds: float | None = None,
+        update_normalizer: bool = True,
+    ) -> list[dict[str, float]]:
+        """Train the model for ``steps`` updates (or until ``max_seconds``); return the loss log.
 
-def fit(
-    model: WorldModel,
-    dataset: SegmentSource,
-    steps: int,
-    *,
-    batch_size: int | None = None,
-    generator: torch.Generator | None = None,
-    progress: bool = True,
-    log_every: int = 100,
-    callback: Callable[[dict[str, float]], bool | None] | None = None,
-    max_seconds: float | None = None,
-    update_normalizer: bool = True,
-) -> list[dict[str, float]]:
-    """Train ``model`` for ``steps`` updates (or until ``max_seconds``); return the loss log.
+        Normalization: with ``update_normalizer`` (default) the normalizer is refit from
+        ``dataset.statistics()`` — all of the dataset's data — at the start of every call, as PolyGRAD
+        refits on all data; the network then adapts during the updates that follow.
 
-    Normalization: with ``update_normalizer`` (default) the normalizer is refit from
-    ``dataset.statistics()`` — all of the dataset's data — at the start of every call, as PolyGRAD
-    refits on all data; the network then adapts during the updates that follow.
+        :param batch_size: segments per update (default ``config.batch_size``).
+        :param generator: CPU generator for segments, masks, steps and noise (reproducible fits).
+        :param log_every: updates per log record ``{"step", "loss", "seconds"}`` (loss averaged over them).
+        :param callback: called with each log record; returning True stops training.
+        :param max_seconds: wall-clock budget; training stops at the first update past it.
+        """
+        model, config = self.model, self.model.config
+        batch_size = batch_size or config.batch_size
+        if update_normalizer:
+            model.normalizer.fit(dataset.statistics())
+            if config.known_action_cost:
+                fit_residual_reward_moments(model, dataset, generator)
+        self._move_optimizer_state()
+        model.network.train()
+        log: list[dict[str, float]] = []
+        start, running, count = time.perf_counter(), 0.0, 0
+        bar = tqdm(range(steps), desc="fit world model", disable=not progress, dynamic_ncols=True)
+        for i in bar:
+            batch = dataset.sample_segments(batch_size, config.horizon, generator=generator, device=model.device)
+            running, count = running + self.step(batch, generator), count + 1
+            elapsed = time.perf_counter() - start
+            out_of_time = max_seconds is not None and elapsed >= max_seconds
+            if count == log_every or i == steps - 1 or out_of_time:
+                record = {"step": float(int(model.num_updates)), "loss": running / count, "seconds": elapsed}
+                log.append(record)
+                bar.set_postfix(loss=f"{record['loss']:.4f}")
+                running, count = 0.0, 0
+                if (callback is not None and callback(record)) or out_of_time:
+                    break
+        bar.close()
+        model.network.eval()
+        return log
 
-    :param batch_size: segments per update (default ``config.batch_size``).
-    :param generator: CPU generator for segments, masks, steps and noise (reproducible fits).
-    :param log_every: updates per log record ``{"step", "loss", "seconds"}`` (loss averaged over them).
-    :param callback: called with each log record; returning True stops training.
-    :param max_seconds: wall-clock budget; training stops at the first update past it.
-    """
-    config = model.config
-    batch_size = batch_size or config.batch_size
-    if update_normalizer:
-        model.normalizer.fit(dataset.statistics())
-        if config.known_action_cost:
-            fit_residual_reward_moments(model, dataset, generator)
-    optimizer = _optimizer(model)
-    model.network.train()
-    log: list[dict[str, float]] = []
-    start, running, count = time.perf_counter(), 0.0, 0
-    bar = tqdm(range(steps), desc="fit world model", disable=not progress, dynamic_ncols=True)
-    for i in bar:
-        batch = dataset.sample_segments(batch_size, config.horizon, generator=generator, device=model.device)
+    def step(self, batch: SegmentBatch, generator: torch.Generator | None = None) -> float:
+        """One update on ``batch``: loss, clipped gradient step, EMA update; returns the loss."""
+        model = self.model
         loss = diffusion_loss(model, batch, generator)
-        optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), config.grad_clip)
-        optimizer.step()
-        update_ema(model)
+        if model.config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), model.config.grad_clip)
+        self.optimizer.step()
+        self.update_ema()
         model.num_updates += 1
-        running, count = running + loss.item(), count + 1
-        elapsed = time.perf_counter() - start
-        out_of_time = max_seconds is not None and elapsed >= max_seconds
-        if count == log_every or i == steps - 1 or out_of_time:
-            record = {"step": float(int(model.num_updates)), "loss": running / count, "seconds": elapsed}
-            log.append(record)
-            bar.set_postfix(loss=f"{record['loss']:.4f}")
-            running, count = 0.0, 0
-            if (callback is not None and callback(record)) or out_of_time:
-                break
-    bar.close()
-    model.network.eval()
-    return log
+        return loss.item()
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """EMA of the network weights with warm-up: decay = min(config.ema_decay, (1+n)/(10+n))."""
+        model = self.model
+        n = int(model.num_updates)
+        decay = min(model.config.ema_decay, (1.0 + n) / (10.0 + n))
+        ema = list(model.ema_network.parameters())
+        torch._foreach_lerp_(ema, list(model.network.parameters()), 1.0 - decay)
+        for e, p in zip(model.ema_network.buffers(), model.network.buffers()):
+            e.copy_(p)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The optimizer's state (the EMA's step count is the model's ``num_updates``, saved with its weights)."""
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned."""
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    def _move_optimizer_state(self) -> None:
+        """Moments created before a ``model.to(device)`` stay behind; move them along with the parameters."""
+        device = self.model.device
+        for state in self.optimizer.state.values():
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor) and value.device != device and key != "step":
+                    state[key] = value.to(device)
 
 
 def fit_main(
@@ -223,7 +244,7 @@ def fit_main(
         raise ValueError(f"dataset {dataset} holds {found.name} data, not {wanted.name}; pass --task {found.name}")
     torch.manual_seed(seed)
     model = WorldModel(WorldModelConfig.preset(preset, wanted, reward_head=reward_head)).to(device)
-    log = fit(model, data, steps, generator=torch.Generator().manual_seed(seed))
+    log = WorldModelTrainer(model).fit(data, steps, generator=torch.Generator().manual_seed(seed))
     path = model.save(out)
     print(f"saved {path} after {int(model.num_updates)} updates, final loss {log[-1]['loss']:.4f}")
     return path

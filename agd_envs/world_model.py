@@ -2,8 +2,8 @@
 
 A ``WorldModel`` holds everything needed to turn a noisy segment into an x0 estimate: the task, the
 segment layout, the normalizer (buffers), the noise schedule, the denoiser network and its EMA copy.
-Sampling (agd_envs/sampling.py) and training (agd_envs/training.py) live elsewhere and only use
-``denoise`` and the attributes below.
+Sampling (agd_envs/sampling.py) and training (agd_envs/training.py, whose ``WorldModelTrainer`` owns the
+optimizer and the EMA update) live elsewhere and only use ``denoise`` and the attributes below.
 
 Checkpoint directory: ``config.json`` (``format_version``, task, config fields) and ``weights.pt``
 (a state_dict of plain tensors: network, EMA network, normalizer; loaded with ``weights_only=True``).
@@ -16,7 +16,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -27,9 +27,6 @@ from agd_envs.normalization import Normalizer
 from agd_envs.reward_head import RewardHead
 from agd_envs.segments import SegmentLayout
 from agd_envs.tasks import Task, get_task
-
-if TYPE_CHECKING:
-    from agd_envs.training import SegmentSource
 
 FORMAT_VERSION = 1
 """Version written to ``config.json``; ``load`` refuses newer versions."""
@@ -191,16 +188,14 @@ _CPU_PRESET: dict[str, Any] = dict(
 class WorldModel(nn.Module):
     """Diffusion world model over H-step segments of one task (see module docstring).
 
-    ``denoise`` always uses the EMA weights (they are the sampling weights); training updates
-    ``network`` and then the EMA copy.
+    ``denoise`` always uses the EMA weights (they are the sampling weights); training
+    (agd_envs.training.WorldModelTrainer) updates ``network`` and then the EMA copy.
     """
 
-    def __init__(self, config: WorldModelConfig, task: Task | None = None) -> None:
+    def __init__(self, config: WorldModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.task = get_task(task if task is not None else config.task)
-        if self.task.name != get_task(config.task).name:
-            raise ValueError(f"config is for task {config.task!r} but task {self.task.name!r} was given")
+        self.task = get_task(config.task)
         self.layout = SegmentLayout(self.task.obs_dim, self.task.act_dim, config.horizon)
         self.normalizer = Normalizer(self.task.obs_dim, self.task.act_dim)
         self.schedule: NoiseSchedule = cosine_schedule(config.diffusion_steps, config.schedule_temperature)
@@ -218,9 +213,6 @@ class WorldModel(nn.Module):
         self.ema_network = copy.deepcopy(self.network).requires_grad_(False)
         self.reward_head = RewardHead(self.task.obs_dim, self.task.act_dim) if config.reward_head else None
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
-        # Training state that survives repeated fit() calls in one process (periodic refit);
-        # not saved in checkpoints: a loaded model continues with a fresh optimizer.
-        self.optimizer: torch.optim.Optimizer | None = None
 
     @property
     def device(self) -> torch.device:
@@ -296,14 +288,8 @@ class WorldModel(nn.Module):
     def _autocast(self, x: torch.Tensor) -> bool:
         return self.config.dtype == "bfloat16" and x.device.type == "cuda"
 
-    def fit(self, dataset: "SegmentSource", steps: int, **kwargs: Any) -> list[dict[str, float]]:
-        """Train for ``steps`` updates on ``dataset``; see agd_envs.training.fit for the keywords."""
-        from agd_envs.training import fit
-
-        return fit(self, dataset, steps, **kwargs)
-
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """What ``fit`` optimizes: the denoiser and, when configured, the reward head (not the EMA copy)."""
+        """What ``WorldModelTrainer`` optimizes: the denoiser and, when configured, the reward head (not the EMA copy)."""
         head = [] if self.reward_head is None else list(self.reward_head.parameters())
         return list(self.network.parameters()) + head
 

@@ -1,7 +1,8 @@
 """Run directories of ``agd train``: config, dataset, and atomic checkpoints for bit-identical resume.
 
 Layout: ``<run>/config.json``, ``<run>/data/`` (the run's HDF5 dataset), ``<run>/progress.csv``,
-``<run>/tb/``, ``<run>/checkpoint/`` (``state.json``, ``agent.pt``, ``model/``, ``training.pt``).
+``<run>/tb/``, ``<run>/checkpoint/`` (``state.json``, ``agent.pt``, ``model/``, ``training.pt``: the
+world-model trainer's state and the RNG states).
 A checkpoint is written to ``checkpoint.tmp`` and swapped in by renames, so a crash leaves either the
 old or the new one. Resuming rolls the dataset back to the episodes the checkpoint had seen (later
 ones are kept in ``data.rolled-back-<n>``, never deleted) so the continuation replays exactly.
@@ -9,7 +10,6 @@ ones are kept in ``data.rolled-back-<n>``, never deleted) so the continuation re
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -20,15 +20,18 @@ import torch
 from agd_envs.datasets import DatasetError, DatasetWriter, EpisodeDataset
 from agd_envs.oracle import OracleWorldModel
 from agd_envs.tasks import Task
-from agd_envs.training import _optimizer
+from agd_envs.training import WorldModelTrainer
 from agd_envs.world_model import WorldModel
 
 if TYPE_CHECKING:
     from agents.a2c import A2CAgent
-    from agents.trainer import TrainerConfig
 
 Model = WorldModel | OracleWorldModel
-"""A run's world model: ``save``/``load``/``state_dict``/``optimizer`` are what a checkpoint touches."""
+"""A run's world model: ``save``/``load``/``state_dict`` are what a checkpoint touches."""
+
+
+TRAINER_KEY = "model_trainer"
+"""Key of ``WorldModelTrainer.state_dict()`` in ``training.pt`` (None for the oracle, which has no trainer)."""
 
 
 class RunError(ValueError):
@@ -45,17 +48,21 @@ class RunCheckpoint:
         self.config_path = self.run_dir / "config.json"
         self._new_target: dict[str, Any] | None = None  # the config of a resumed run whose steps were extended
 
-    def prepare(self, config: "TrainerConfig", resume: bool) -> None:
-        """Create a fresh run directory, or check that ``resume`` can continue the one there."""
+    def prepare(self, config: dict[str, Any], resume: bool) -> None:
+        """Create a fresh run directory, or check that ``resume`` can continue the one there.
+
+        :param config: the run's config as a JSON-serialisable dict (``dataclasses.asdict(TrainerConfig)``).
+        """
         saved = json.loads(self.config_path.read_text()) if self.config_path.exists() else None
+        task = config["task"]
         if resume:
             if saved is None:
                 raise RunError(f"{self.run_dir}: no run to resume (no config.json); start it without --resume")
-            if saved["task"] != config.task:
-                raise RunError(f"{self.run_dir}: holds a {saved['task']} run, not {config.task}; pass --task {saved['task']} or another --out")
+            if saved["task"] != task:
+                raise RunError(f"{self.run_dir}: holds a {saved['task']} run, not {task}; pass --task {saved['task']} or another --out")
             if not (self.dir / "state.json").exists():
                 raise RunError(f"{self.run_dir}: no checkpoint yet (checkpoint/state.json); start the run again without --resume in a new --out")
-            wanted = json.loads(json.dumps(dataclasses.asdict(config)))  # tuples -> lists, as saved
+            wanted = json.loads(json.dumps(config))  # tuples -> lists, as saved
             changed = sorted(k for k in set(saved) | set(wanted) if k != "steps" and saved.get(k) != wanted.get(k))
             if changed:
                 key = changed[0]
@@ -67,12 +74,12 @@ class RunCheckpoint:
                 self._new_target = wanted
             return
         if saved is not None:
-            what = f"a {saved['task']} run" if saved.get("task") != config.task else "a run"
+            what = f"a {saved['task']} run" if saved.get("task") != task else "a run"
             raise RunError(f"{self.run_dir}: already holds {what}; pass --resume to continue it or choose another --out (nothing was overwritten)")
         if self.run_dir.exists() and any(self.run_dir.iterdir()):
             raise RunError(f"{self.run_dir}: exists and is not empty; choose another --out (nothing was overwritten)")
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+        self.config_path.write_text(json.dumps(config, indent=2) + "\n")
 
     def copy_dataset(self, source: Path, task: Task) -> None:
         """Start the run's dataset as a copy of ``source`` (checked to hold ``task`` data)."""
@@ -82,15 +89,18 @@ class RunCheckpoint:
         for journal in self.data_dir.glob("journal*"):
             journal.unlink()
 
-    def save(self, state: dict[str, Any], agent: "A2CAgent", model: Model, generator: torch.Generator) -> None:
-        """Write a complete checkpoint atomically."""
+    def save(
+        self, state: dict[str, Any], agent: "A2CAgent", model: Model, trainer: WorldModelTrainer | None,
+        generator: torch.Generator,
+    ) -> None:
+        """Write a complete checkpoint atomically (``trainer``: the world model's, None for the oracle)."""
         tmp = self.run_dir / "checkpoint.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         torch.save(agent.state_dict(), tmp / "agent.pt")
         model.save(tmp / "model")
         training = {
-            "model_optimizer": None if model.optimizer is None else model.optimizer.state_dict(),
+            TRAINER_KEY: None if trainer is None else trainer.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "generator": generator.get_state(),
         }
@@ -103,8 +113,10 @@ class RunCheckpoint:
         tmp.rename(self.dir)
         shutil.rmtree(old, ignore_errors=True)
 
-    def load(self, agent: "A2CAgent", model: Model, generator: torch.Generator) -> dict[str, Any]:
-        """Restore agent, model, optimizers and RNGs in place; roll the dataset back; return the state."""
+    def load(
+        self, agent: "A2CAgent", model: Model, trainer: WorldModelTrainer | None, generator: torch.Generator
+    ) -> dict[str, Any]:
+        """Restore agent, model, trainer (optimizers) and RNGs in place; roll the dataset back; return the state."""
         try:
             state = json.loads((self.dir / "state.json").read_text())
             agent.load_state_dict(torch.load(self.dir / "agent.pt", map_location=agent.device, weights_only=True))
@@ -112,8 +124,9 @@ class RunCheckpoint:
             training = torch.load(self.dir / "training.pt", weights_only=True)
         except Exception as err:  # torch raises pickle, zip and runtime errors for damaged files
             raise RunError(f"{self.dir}: corrupt checkpoint ({type(err).__name__}: {err}); start a new run in another --out") from err
-        if training["model_optimizer"] is not None:
-            _optimizer(model).load_state_dict(training["model_optimizer"])
+        trainer_state = _trainer_state(training)
+        if trainer is not None and trainer_state is not None:
+            trainer.load_state_dict(trainer_state)
         torch.set_rng_state(training["torch_rng"])
         generator.set_state(training["generator"])
         self._roll_back_dataset(state["num_episodes"], model.task)
@@ -137,3 +150,15 @@ class RunCheckpoint:
         with DatasetWriter(self.data_dir, task, policy=meta.get("algorithm_name", "unknown"), description=meta.get("description", ""), dataset_id=meta.get("dataset_id")) as writer:
             for e in episodes:
                 writer.add_episode(e.observations, e.actions, e.rewards, e.terminations, e.truncations, seed=e.seed)
+
+
+def _trainer_state(training: dict[str, Any]) -> dict[str, Any] | None:
+    """The world-model trainer's state in a loaded ``training.pt``, or None.
+
+    Checkpoints written before ``WorldModelTrainer`` existed hold the optimizer's state alone, under
+    ``model_optimizer``; they resume exactly as they did.
+    """
+    if TRAINER_KEY in training:
+        return training[TRAINER_KEY]
+    optimizer = training.get("model_optimizer")
+    return None if optimizer is None else {"optimizer": optimizer}

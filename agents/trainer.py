@@ -36,6 +36,7 @@ from agd_envs.guides import get_guide
 from agd_envs.oracle import OracleConfig, OracleWorldModel
 from agd_envs.sampling import Imagined, imagine
 from agd_envs.tasks import get_task
+from agd_envs.training import WorldModelTrainer
 from agd_envs.world_model import WorldModel, WorldModelConfig
 from agents.a2c import A2CAgent, A2CConfig
 from agents.checkpoint import RunCheckpoint
@@ -161,7 +162,7 @@ class AGDTrainer:
         self.config, self.run_dir, self.progress = config, Path(run_dir), progress
         self.task = get_task(config.task)
         self.checkpoint = RunCheckpoint(self.run_dir)
-        self.checkpoint.prepare(config, resume)
+        self.checkpoint.prepare(dataclasses.asdict(config), resume)
         torch.manual_seed(config.seed)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.log = RunLog(self.run_dir)
@@ -170,6 +171,8 @@ class AGDTrainer:
             action_low=self.task.action_low, action_high=self.task.action_high, device=config.device,
         )  # fmt: skip
         self.model = self._build_model()
+        # The world model's optimizer and EMA update; the oracle has nothing to fit.
+        self.model_trainer = WorldModelTrainer(self.model) if isinstance(self.model, WorldModel) else None
         self.online_steps, self.start_time, self.elapsed_before = 0, time.perf_counter(), 0.0
         self.initial_steps = 0  # real transitions in the dataset before the first iteration (warm start or prefill)
         self.last: dict[str, float] = {}
@@ -189,15 +192,15 @@ class AGDTrainer:
 
     def _fit_model(self, dataset: EpisodeDataset, updates: int, progress: bool) -> list[dict[str, float]]:
         """``updates`` world-model updates (timed as phase ``model``); nothing for the oracle."""
-        if self.config.world_model == "oracle":
+        if self.model_trainer is None:
             return []
         with self._phase("model"):
-            return self.model.fit(dataset, updates, generator=self.generator, progress=progress)
+            return self.model_trainer.fit(dataset, updates, generator=self.generator, progress=progress)
 
     def _start(self, resume: bool) -> RealEnvCollector:
         data_dir = self.checkpoint.data_dir
         if resume:
-            state = self.checkpoint.load(self.agent, self.model, self.generator)
+            state = self.checkpoint.load(self.agent, self.model, self.model_trainer, self.generator)
             self.online_steps, self.elapsed_before = state["online_steps"] if "online_steps" in state else state["real_steps"], state["wall_seconds"]
             self.initial_steps = state.get("initial_steps", 0)  # 0: a checkpoint from before the count existed
             self.phase_seconds.update(state.get("phase_seconds", {}))
@@ -257,7 +260,7 @@ class AGDTrainer:
         if self.online_steps % cfg.eval_every == 0:
             self._evaluate_and_log(self.last)
         if self.online_steps % cfg.checkpoint_every == 0 or self.online_steps >= cfg.steps:
-            self.checkpoint.save(self._state(), self.agent, self.model, self.generator)
+            self.checkpoint.save(self._state(), self.agent, self.model, self.model_trainer, self.generator)
         return {**self.last, "steps_per_second": self.online_steps / max(self._wall(), 1e-9)}
 
     def _agent_update(self, dataset: EpisodeDataset) -> dict[str, float]:

@@ -32,6 +32,7 @@ from gymnasium.vector import AutoresetMode
 from agd_envs.datasets import EpisodeDataset
 from agd_envs.defaults import default_dataset_path
 from agd_envs.dream_env import DreamVectorEnv
+from agd_envs.training import WorldModelTrainer
 from agd_envs.world_model import WorldModel, WorldModelConfig
 
 try:
@@ -94,8 +95,8 @@ def main() -> None:
     train, test = data.split(0.9, seed=args.seed)
 
     model = WorldModel(WorldModelConfig.preset("cpu", data.task))
-    log = model.fit(train, 10**9, generator=torch.Generator().manual_seed(args.seed), progress=False,
-                    max_seconds=args.seconds, log_every=200)  # fmt: skip
+    log = WorldModelTrainer(model).fit(train, 10**9, generator=torch.Generator().manual_seed(args.seed),
+                                       progress=False, max_seconds=args.seconds, log_every=200)  # fmt: skip
     fit_part, val = train.split(0.9, seed=args.seed + 2)
     ensemble = DeltaModel(fit_part, members=args.members, probabilistic=args.probabilistic)
     ensemble_info = ensemble.fit(fit_part, val, args.seconds, torch.Generator().manual_seed(args.seed))

@@ -32,6 +32,7 @@ from torch import nn
 
 from agd_envs.datasets import EpisodeDataset
 from agd_envs.sampling import Conditioning, sample
+from agd_envs.training import WorldModelTrainer
 from agd_envs.world_model import WorldModel, WorldModelConfig
 
 try:
@@ -217,7 +218,8 @@ def run_method(method: str, args: argparse.Namespace) -> dict[str, Any]:
         overrides = json.loads(args.overrides)
         model = WorldModel(WorldModelConfig.preset(args.preset, data.task, horizon=args.horizon, **overrides))
         model.to(args.device)
-        log = model.fit(train, 10**9, generator=gen, progress=False, max_seconds=args.seconds, log_every=200)
+        trainer = WorldModelTrainer(model)
+        log = trainer.fit(train, 10**9, generator=gen, progress=False, max_seconds=args.seconds, log_every=200)
         out["diffusion"] = {"config": model.config.to_dict(), "updates": int(model.num_updates),
                             "train_seconds": log[-1]["seconds"], "final_loss": log[-1]["loss"]}  # fmt: skip
         for steps in args.sampling_steps:

@@ -35,6 +35,7 @@ from agd_envs.datasets import EpisodeDataset
 from agd_envs.guides import advantages
 from agd_envs.oracle import OracleWorldModel
 from agd_envs.sampling import Imagined, imagine
+from agd_envs.training import WorldModelTrainer
 from agd_envs.world_model import WorldModel, WorldModelConfig
 from agents.a2c import A2CAgent, alive_mask
 from agents.trainer import agent_from_run
@@ -124,10 +125,10 @@ def refits(run: Path, updates: list[int], overrides: dict[str, int], starts: int
     data = EpisodeDataset.open(run / "data", task=config.task)
     torch.manual_seed(seed)
     model = WorldModel(WorldModelConfig.preset("cpu", config.task, **{**config.model, **overrides}))
-    gen, rows, done = torch.Generator().manual_seed(seed), [], 0
+    trainer, gen, rows, done = WorldModelTrainer(model), torch.Generator().manual_seed(seed), [], 0
     for total in sorted(updates):
         start = time.perf_counter()
-        model.fit(data, total - done, generator=gen, progress=False)
+        trainer.fit(data, total - done, generator=gen, progress=False)
         done, seconds = total, time.perf_counter() - start
         rows.append({"fit_updates": total, "fit_seconds": seconds, **overrides, **measure(run, starts, seed, model)})
     return rows

@@ -31,6 +31,7 @@ from agd_envs.datasets import EpisodeDataset
 from agd_envs.defaults import default_dataset_path, default_model
 from agd_envs.sampling import Conditioning, sample
 from agd_envs.tasks import Task, get_task
+from agd_envs.training import WorldModelTrainer
 from agd_envs.world_model import WorldModel, WorldModelConfig
 
 try:
@@ -108,7 +109,7 @@ def paired_models(task: Task, updates: int, seed: int) -> dict[str, WorldModel]:
     for name, head in (("denoised_rewards", False), ("reward_head", True)):
         torch.manual_seed(seed)
         model = WorldModel(WorldModelConfig.preset("cpu", task, reward_head=head))
-        model.fit(data, updates, generator=torch.Generator().manual_seed(seed), progress=False)
+        WorldModelTrainer(model).fit(data, updates, generator=torch.Generator().manual_seed(seed), progress=False)
         models[f"{name}_{updates}_updates"] = model
     return models
 

@@ -37,6 +37,7 @@ from agd_envs.defaults import DEFAULT_FIT_STEPS, cache_dir, default_dataset_path
 from agd_envs.diffusion import step_to
 from agd_envs.sampling import Conditioning, imagine, sample
 from agd_envs.tasks import get_task
+from agd_envs.training import WorldModelTrainer
 from agd_envs.world_model import WorldModel, WorldModelConfig
 
 try:
@@ -165,7 +166,7 @@ def reference_model(name: str) -> WorldModel:
         return WorldModel.load(target, task=name)
     model = WorldModel(WorldModelConfig.preset("cpu", name, diffusion_steps=REFERENCE_STEPS))
     data = EpisodeDataset.open(default_dataset_path(name), task=name)
-    model.fit(data, DEFAULT_FIT_STEPS, generator=torch.Generator().manual_seed(0), progress=False)
+    WorldModelTrainer(model).fit(data, DEFAULT_FIT_STEPS, generator=torch.Generator().manual_seed(0), progress=False)
     model.save(target)
     return model
 

@@ -49,6 +49,7 @@ from agd_envs.collector import RealEnvCollector
 from agd_envs.datasets import EpisodeDataset
 from agd_envs.defaults import default_dataset_path, default_model
 from agd_envs.tasks import get_task
+from agd_envs.training import WorldModelTrainer
 from agd_envs.world_model import WorldModel
 from agents.evaluation import evaluate
 
@@ -127,6 +128,7 @@ def main(args: Args, world_model: WorldModel | None = None) -> list[dict[str, fl
         shutil.copytree(default_dataset_path(task), data_dir)
     if world_model is None:
         world_model = WorldModel.load(args.model, task=task) if args.model else default_model(task)
+    trainer = WorldModelTrainer(world_model)  # one optimizer across the refits
     torch.manual_seed(args.seed)
     ppo = build_ppo(args, world_model, EpisodeDataset.open(data_dir, task=task))
     act = lambda obs: ppo.predict(obs, deterministic=True)[0]  # noqa: E731
@@ -139,7 +141,7 @@ def main(args: Args, world_model: WorldModel | None = None) -> list[dict[str, fl
         for iteration in range(args.iterations + 1):
             if iteration > 0:
                 collector.collect(explore, args.real_steps)
-                fit_log = collector.refit(world_model, args.refit_updates,
+                fit_log = collector.refit(trainer, args.refit_updates,
                                           generator=torch.Generator().manual_seed(args.seed + iteration))
                 use_dataset(ppo, args, world_model, EpisodeDataset.open(data_dir, task=task))
                 ppo.learn(args.dream_steps, reset_num_timesteps=False)

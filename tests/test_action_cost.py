@@ -16,6 +16,7 @@ from agd_envs.datasets import EpisodeDataset
 from agd_envs.defaults import default_dataset_path
 from agd_envs.sampling import Conditioning, sample
 from agd_envs.tasks import TASKS, get_task
+from agd_envs.training import WorldModelTrainer
 from agd_envs.world_model import WorldModel, WorldModelConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -81,7 +82,7 @@ def cheetah() -> tuple[WorldModel, EpisodeDataset]:
     torch.manual_seed(0)
     data = EpisodeDataset.open(default_dataset_path("HalfCheetah"))
     model = WorldModel(WorldModelConfig.preset("cpu", "HalfCheetah"))
-    model.fit(data, 300, generator=torch.Generator().manual_seed(0), progress=False)
+    WorldModelTrainer(model).fit(data, 300, generator=torch.Generator().manual_seed(0), progress=False)
     return model, data
 
 

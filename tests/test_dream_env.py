@@ -21,6 +21,7 @@ from agd_envs.datasets import EpisodeDataset
 from agd_envs.dream_env import CRITIC_SIGNATURE, DreamEnv, DreamVectorEnv
 from agd_envs.registration import ENTRY_POINT, VECTOR_ENTRY_POINT, register_envs
 from agd_envs.tasks import TASKS
+from agd_envs.training import WorldModelTrainer
 from agd_envs.world_model import CheckpointError, WorldModel, WorldModelConfig
 
 register_envs()  # agd_envs/__init__.py does this on import; harmless twice
@@ -55,7 +56,7 @@ def cheetah_data(tmp_path_factory: pytest.TempPathFactory) -> EpisodeDataset:
 def hopper_model(hopper_data: EpisodeDataset) -> WorldModel:
     torch.manual_seed(0)
     model = WorldModel(WorldModelConfig.preset("cpu", "Hopper", **TINY))
-    model.fit(hopper_data, 5, progress=False, generator=torch.Generator().manual_seed(0))
+    WorldModelTrainer(model).fit(hopper_data, 5, progress=False, generator=torch.Generator().manual_seed(0))
     return model
 
 

@@ -18,6 +18,7 @@ from agd_envs.collector import RealEnvCollector
 from agd_envs.datasets import EpisodeDataset
 from agd_envs.defaults import default_dataset_path
 from agd_envs.dream_env import DreamEnv, DreamVectorEnv
+from agd_envs.training import WorldModelTrainer
 from agd_envs.world_model import WorldModel, WorldModelConfig
 from examples import cleanrl_ppo_dream, sb3_ppo_dream
 
@@ -36,7 +37,7 @@ def data() -> EpisodeDataset:
 def model(data: EpisodeDataset) -> WorldModel:
     torch.manual_seed(0)
     model = WorldModel(WorldModelConfig.preset("cpu", "Hopper", **TINY))
-    model.fit(data, 200, progress=False, generator=torch.Generator().manual_seed(0))
+    WorldModelTrainer(model).fit(data, 200, progress=False, generator=torch.Generator().manual_seed(0))
     return model
 
 
@@ -147,7 +148,8 @@ def test_refit_updates_live_dream_envs_in_place(tmp_path) -> None:
                                                sampling_steps=2))  # fmt: skip
     with RealEnvCollector("Hopper", tmp_path / "real", num_envs=2, seed=0, progress=False) as collector:
         collector.collect("random", 200)
-        collector.refit(model, 3, generator=torch.Generator().manual_seed(0))
+        trainer = WorldModelTrainer(model)
+        collector.refit(trainer, 3, generator=torch.Generator().manual_seed(0))
         first = EpisodeDataset.open(tmp_path / "real")
         env = DreamEnv("Hopper", model=model, guide="none", dataset=first)
         s0, action = first.episode(0).observations[0].copy(), np.zeros(3, dtype=np.float32)
@@ -158,7 +160,7 @@ def test_refit_updates_live_dream_envs_in_place(tmp_path) -> None:
 
         before, mean_before = next_obs(), model.normalizer.obs_mean.clone()
         collector.collect("sine", 400)  # episodes the env has never seen
-        collector.refit(model, 3, generator=torch.Generator().manual_seed(1))
+        collector.refit(trainer, 3, generator=torch.Generator().manual_seed(1))
         after = next_obs()
         every = EpisodeDataset.open(tmp_path / "real")
         assert every.num_episodes == collector.writer.num_episodes

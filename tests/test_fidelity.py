@@ -42,6 +42,7 @@ from agd_envs.datasets import EpisodeDataset
 from agd_envs.defaults import default_dataset_path
 from agd_envs.dream_env import DreamEnv
 from agd_envs.sampling import Conditioning, sample
+from agd_envs.training import WorldModelTrainer
 from agd_envs.world_model import WorldModel, WorldModelConfig
 
 MODEL: dict = {}
@@ -98,7 +99,7 @@ def curves() -> Curves:
     train, test = data.split(0.9, seed=0)
     torch.manual_seed(0)
     model = WorldModel(WorldModelConfig.preset("cpu", "Hopper", **MODEL))
-    model.fit(train, FIT_UPDATES, progress=False, generator=torch.Generator().manual_seed(0))
+    WorldModelTrainer(model).fit(train, FIT_UPDATES, progress=False, generator=torch.Generator().manual_seed(0))
     horizon = model.config.horizon
     windows = held_out_windows(test, horizon, WINDOWS, seed=0)
     real, actions = windows.states.float(), windows.actions.float()

@@ -160,7 +160,7 @@ def test_imagine_dispatches_to_the_oracle_and_refuses_guides() -> None:
 def test_save_load_round_trip(tmp_path: Path) -> None:
     oracle = OracleWorldModel("Walker2d")
     loaded = OracleWorldModel.load(oracle.save(tmp_path / "model"), task="Walker2d")
-    assert loaded.task == oracle.task and loaded.config == oracle.config and loaded.fit() == []
+    assert loaded.task == oracle.task and loaded.config == oracle.config
     with pytest.raises(ValueError, match="oracle for 'Walker2d', not 'Hopper'"):
         OracleWorldModel.load(tmp_path / "model", task="Hopper")
 

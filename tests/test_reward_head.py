@@ -15,6 +15,7 @@ from agd_envs.datasets import EpisodeDataset
 from agd_envs.defaults import default_dataset_path
 from agd_envs.guides import get_guide, guide_gradient, segment_log_f
 from agd_envs.tasks import get_task
+from agd_envs.training import WorldModelTrainer
 from agd_envs.world_model import WorldModel, WorldModelConfig
 from agents.trainer import TrainerConfig, run_label
 
@@ -31,7 +32,7 @@ def cheetah_with_head() -> WorldModel:
     torch.manual_seed(0)
     data = EpisodeDataset.open(default_dataset_path("HalfCheetah"))
     model = WorldModel(WorldModelConfig.preset("cpu", "HalfCheetah", reward_head=True, known_action_cost=False))
-    model.fit(data, 300, generator=torch.Generator().manual_seed(0), progress=False)
+    WorldModelTrainer(model).fit(data, 300, generator=torch.Generator().manual_seed(0), progress=False)
     return model
 
 

@@ -24,6 +24,15 @@ def tiny_config(**overrides) -> TrainerConfig:
     return TrainerConfig.for_task("Reacher", **fields)
 
 
+def _write_pre_trainer_format(path: Path) -> None:
+    """Rewrite ``training.pt`` as checkpoints before WorldModelTrainer held it: the optimizer state alone."""
+    import torch
+
+    training = torch.load(path, weights_only=True)
+    training["model_optimizer"] = training.pop("model_trainer")["optimizer"]
+    torch.save(training, path)
+
+
 def _returns(rows: list[dict[str, str]]) -> list[tuple[str, str, str]]:
     return [(r["real_steps"], r["eval_return_mean"], r["actor_loss"]) for r in rows]
 
@@ -134,6 +143,7 @@ def test_the_guide_discounts_with_the_agents_gamma(tmp_path: Path, monkeypatch: 
 def test_resume_with_more_steps_extends_the_run_as_if_uninterrupted(tmp_path: Path) -> None:
     full = AGDTrainer(tiny_config(steps=400), tmp_path / "full", progress=False).train()
     AGDTrainer(tiny_config(steps=200), tmp_path / "short", progress=False).train()
+    _write_pre_trainer_format(tmp_path / "short" / "checkpoint" / "training.pt")  # old runs resume identically too
     extended = AGDTrainer(tiny_config(steps=400), tmp_path / "short", resume=True, progress=False).train()
     assert _returns(extended) == _returns(full) and len(extended) == 3
     assert '"steps": 400' in (tmp_path / "short" / "config.json").read_text()  # a later --resume knows the new target

@@ -18,7 +18,7 @@ import torch
 
 from agd_envs.segments import SegmentLayout
 from agd_envs.tasks import get_task
-from agd_envs.training import diffusion_loss, fit, fit_main, training_masks
+from agd_envs.training import WorldModelTrainer, diffusion_loss, fit_main, training_masks
 from agd_envs.world_model import (
     FORMAT_VERSION,
     CheckpointError,
@@ -155,7 +155,7 @@ def test_anchor_is_the_first_state_for_every_row() -> None:
 # -------------------------------------------------------------------------------------- checkpoints
 def test_save_load_round_trip_is_bit_identical(tmp_path: Path) -> None:
     model = tiny_model()
-    fit(model, LinearToyData(), 3, progress=False, generator=torch.Generator().manual_seed(0))
+    WorldModelTrainer(model).fit(LinearToyData(), 3, progress=False, generator=torch.Generator().manual_seed(0))
     assert not torch.equal(model.network.input.weight, model.ema_network.input.weight)  # EMA really differs
     model.save(tmp_path / "ckpt")
     meta = json.loads((tmp_path / "ckpt" / "config.json").read_text())
@@ -248,28 +248,30 @@ def test_fit_decreases_the_loss_on_a_fixed_batch_and_continues() -> None:
     model.normalizer.fit(data.statistics())
     before = fixed_loss()
     gen = torch.Generator().manual_seed(0)
-    log = fit(model, data, 300, batch_size=64, progress=False, log_every=100, generator=gen)
+    trainer = WorldModelTrainer(model)
+    log = trainer.fit(data, 300, batch_size=64, progress=False, log_every=100, generator=gen)
     after = fixed_loss()
     assert [r["step"] for r in log] == [100, 200, 300]
     assert after < before / 4, (before, after)  # measured: 1.06 -> 0.19
-    optimizer = model.optimizer
-    fit(model, data, 10, batch_size=64, progress=False)
-    assert model.optimizer is optimizer and int(model.num_updates) == 310
+    optimizer = trainer.optimizer
+    trainer.fit(data, 10, batch_size=64, progress=False)
+    assert trainer.optimizer is optimizer and int(model.num_updates) == 310
     assert int(next(iter(optimizer.state.values()))["step"]) == 310
 
 
 @pytest.mark.parametrize("overrides", [{"prediction": "eps", "anchor_states": False}, {"loss_weighting": "min_snr"}])
 def test_other_objectives_train(overrides: dict) -> None:
     model = tiny_model(**overrides)
-    log = fit(model, LinearToyData(), 20, batch_size=32, progress=False, log_every=10)
+    log = WorldModelTrainer(model).fit(LinearToyData(), 20, batch_size=32, progress=False, log_every=10)
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in log) and log[1]["loss"] < log[0]["loss"]
 
 
 def test_fit_stops_at_max_seconds_and_callback() -> None:
     model = tiny_model()
-    log = fit(model, LinearToyData(), 10**6, batch_size=16, progress=False, max_seconds=0.5)
+    trainer = WorldModelTrainer(model)
+    log = trainer.fit(LinearToyData(), 10**6, batch_size=16, progress=False, max_seconds=0.5)
     assert int(model.num_updates) < 10**6 and log[-1]["seconds"] >= 0.5
-    log = fit(model, LinearToyData(), 100, batch_size=16, progress=False, log_every=5, callback=lambda r: True)
+    log = trainer.fit(LinearToyData(), 100, batch_size=16, progress=False, log_every=5, callback=lambda r: True)
     assert len(log) == 1 and log[0]["step"] == int(model.num_updates)
 
 
@@ -304,7 +306,8 @@ def fitted_hopper():
     train, test = EpisodeDataset.open(DATASET).split(0.9, seed=0)
     model = WorldModel(WorldModelConfig.preset("cpu", "Hopper"))
     start = time.perf_counter()
-    model.fit(train, FIT_UPDATES, generator=torch.Generator().manual_seed(0), progress=False, max_seconds=FIT_SECONDS)
+    WorldModelTrainer(model).fit(train, FIT_UPDATES, generator=torch.Generator().manual_seed(0), progress=False,
+                                 max_seconds=FIT_SECONDS)
     seconds = time.perf_counter() - start
     yield model, test, seconds
     torch.set_num_threads(threads)
