@@ -1,7 +1,8 @@
 """agd-envs: advantage-guided diffusion world models (AGD-MBRL) as Gymnasium environments.
 
-Importing the package registers ``AGD-Dream-HalfCheetah``, ``AGD-Dream-Hopper``,
-``AGD-Dream-Walker2d`` and ``AGD-Dream-Reacher`` with Gymnasium.
+Importing the package registers the dream ids with Gymnasium, per task (HalfCheetah, Hopper, Walker2d,
+Reacher) ``AGD-Dream-<Task>-{Unguided,Reward,EAG,SAG}-v0`` and the older ``AGD-Dream-<Task>``
+(agd_envs/registration.py says which needs what).
 """
 
 from agd_envs.registration import register_envs
