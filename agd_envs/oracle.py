@@ -33,7 +33,7 @@ termination (Hopper, Walker2d) a segment's sim is not stepped again: the remaini
 terminal state with reward 0 and ``terminations`` True (the env's flag, made sticky; it equals
 ``task.terminated(states[:, 1:])`` except for Hopper's |qvel| > 100 rule, which only the env sees
 through the clipped observation). The A2C masks every transition after
-the first termination (``agents.a2c.alive_mask``), so those rows are never learned from.
+the first termination (``agents.returns.alive_mask``), so those rows are never learned from.
 
 Speed (one torch thread, a shared 2-core CPU machine): Hopper at batch 256, H = 10, the A2C agent's
 256x256 actor: 0.32-0.35 s per rollout, ~7,500 transitions/s. That is the simulator's own speed: a

@@ -10,8 +10,8 @@ Two entry points share every line of the loss code:
 * :meth:`A2CAgent.update_from_transitions` takes closed-loop rollouts of a vector env (time-major
   ``T x N``, e.g. ``AGD-Dream-<Task>``), bootstrapping at truncation from the true next observation.
 
-Deviations from the reference A2C (polygrad/agent/a2c.py; shared/reference notes §4, §7), each because
-the reference is buggy there or because it learns faster on a short CPU budget:
+Deviations from the reference A2C (PolyGRAD's public code: polygrad/agent/a2c.py, agent/functions.py), each
+because the reference is buggy there or because it learns faster on a short CPU budget:
 
 * all H transitions of a segment are used (the reference drops the last reward/action and bootstraps
   from ``V(s_{H-1})``), and the terminating transition keeps its loss (the reference's mask zeroes it);
@@ -34,6 +34,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from agents.networks import GaussianActor, RunningMoments, ValueCritic
+from agents.returns import alive_mask, explained_variance, gae
 
 ArrayLike = np.ndarray | Tensor
 
@@ -147,49 +148,6 @@ A2C_PRESETS: dict[str, dict[str, Any]] = {
     "ppo": {"epochs": 4, "minibatches": 4, "clip_ratio": 0.2},
 }
 """Named agent update schemes; ``paper`` is the paper's A2C (every field at its default)."""
-
-
-def gae(
-    rewards: Tensor,
-    values: Tensor,
-    next_values: Tensor,
-    terminated: Tensor,
-    episode_end: Tensor,
-    gamma: float,
-    lam: float,
-) -> tuple[Tensor, Tensor]:
-    """GAE(λ) advantages and λ-returns, time-major: every argument is ``T x ...`` (e.g. ``T x N``).
-
-    ``values[t] = V(s_t)``, ``next_values[t] = V(s_{t+1})`` of the true next state (the final
-    observation when an episode ends at t). ``terminated[t]``: s_{t+1} is terminal, so no bootstrap;
-    ``episode_end[t]``: terminated or truncated after step t, so the recursion is cut (a truncation
-    still bootstraps from ``next_values[t]``). Step T-1 is always treated as a truncation.
-
-        δ_t = r_t + γ(1 - terminated_t) V(s_{t+1}) - V(s_t),   A_t = δ_t + γλ(1 - end_t) A_{t+1}
-
-    Returns (advantages, returns = advantages + values), both ``T x ...``.
-    """
-    keep = 1.0 - terminated.to(values.dtype)
-    carry = 1.0 - (episode_end | terminated).to(values.dtype)
-    deltas = rewards + gamma * keep * next_values - values
-    advantages = torch.empty_like(deltas)
-    running = torch.zeros_like(deltas[0])
-    for t in reversed(range(deltas.shape[0])):
-        running = deltas[t] + gamma * lam * carry[t] * running
-        advantages[t] = running
-    return advantages, advantages + values
-
-
-def alive_mask(terminations: Tensor) -> Tensor:
-    """``B x H`` bool d_t -> ``B x H`` bool w_t = Π_{j<t} (1 - d_j): the terminating step is kept."""
-    dead_before = torch.cumsum(terminations.long(), dim=-1) - terminations.long()
-    return dead_before == 0
-
-
-def explained_variance(prediction: Tensor, target: Tensor) -> float:
-    """1 - Var(target - prediction) / Var(target) over ``N`` values (nan when the target is constant)."""
-    var = target.var(unbiased=False)
-    return float("nan") if var == 0 else float(1.0 - (target - prediction).var(unbiased=False) / var)
 
 
 def _time_major(x: Tensor) -> Tensor:

@@ -37,7 +37,8 @@ from agd_envs.oracle import OracleWorldModel
 from agd_envs.sampling import Imagined, imagine
 from agd_envs.training import WorldModelTrainer
 from agd_envs.world_model import WorldModel, WorldModelConfig
-from agents.a2c import A2CAgent, alive_mask
+from agents.a2c import A2CAgent
+from agents.returns import alive_mask
 from agents.trainer import agent_from_run
 
 try:

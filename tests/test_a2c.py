@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from agents.a2c import A2CAgent, A2CConfig, alive_mask, gae
+from agents.a2c import A2CAgent, A2CConfig
+from agents.returns import alive_mask, gae
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py

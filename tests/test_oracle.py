@@ -16,7 +16,7 @@ from agd_envs.guides import advantages
 from agd_envs.oracle import OracleWorldModel, Simulator
 from agd_envs.sampling import imagine
 from agd_envs.tasks import TASKS, get_task
-from agents.a2c import alive_mask
+from agents.returns import alive_mask
 from agents.trainer import AGDTrainer, TrainerConfig, run_label
 
 pytestmark = pytest.mark.usefixtures("one_thread")
