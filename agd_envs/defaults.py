@@ -9,9 +9,11 @@
 2. otherwise a ``cpu``-preset model is trained once (progress bar) on the task's shipped
    dataset and cached there, so later calls load it in a second.
 
-The shipped dataset ``<task>-mixed`` is looked up in ``$AGD_ENVS_DATASETS`` and then in the
-``datasets/`` directory of the source checkout; the same dataset supplies start states when no
-``dataset`` is given. When it cannot be found the error prints the commands that create it.
+The shipped dataset ``<task>-mixed`` is looked up in ``$AGD_ENVS_DATASETS``, then in
+``agd_envs/shipped_datasets/`` (where a wheel install has them: pyproject.toml maps the checkout's
+``datasets/`` there), then in the ``datasets/`` directory of a source checkout; the same dataset
+supplies start states when no ``dataset`` is given. When it cannot be found the error prints the
+commands that create it.
 """
 
 from __future__ import annotations
@@ -66,9 +68,14 @@ def default_model_dir(task: str | Task) -> Path:
 
 
 def dataset_dirs() -> list[Path]:
-    """Directories searched for shipped datasets: ``$AGD_ENVS_DATASETS`` then the checkout's ``datasets/``."""
+    """Directories searched for shipped datasets: ``$AGD_ENVS_DATASETS``, the installed package's, the checkout's."""
     dirs = [Path(os.environ["AGD_ENVS_DATASETS"]).expanduser()] if os.environ.get("AGD_ENVS_DATASETS") else []
-    return dirs + [Path(__file__).resolve().parents[1] / "datasets"]
+    package = Path(__file__).resolve().parent
+    if (package / "shipped_datasets").is_dir():
+        dirs.append(package / "shipped_datasets")
+    if (package.parent / "pyproject.toml").is_file():  # a source checkout (editable install)
+        dirs.append(package.parent / "datasets")
+    return dirs
 
 
 def fix_commands(task: str | Task) -> str:
