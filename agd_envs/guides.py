@@ -218,7 +218,7 @@ def segment_log_f(
     guide.check_critic(critic)
     x = torch.where(guide.entry_mask(layout, x.device), x, x.detach())
     states_z, rewards_z = layout.unpack(x)
-    states = normalizer.unnormalize_states(states_z)
+    states = normalizer.decode_states(states_z)
     rewards = normalizer.unnormalize_rewards(rewards_z) if reward_fn is None else reward_fn(states)
     if reward_offset is not None:
         rewards = rewards + reward_offset.detach()

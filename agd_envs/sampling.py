@@ -192,7 +192,7 @@ class _Known:
 
     def real_states(self, x: Tensor, normalizer: Normalizer, layout: SegmentLayout) -> Tensor:
         """Real-unit states ``B x (H+1) x S`` of a normalized segment, known rows exactly as given."""
-        states = normalizer.unnormalize_states(layout.unpack(x)[0])
+        states = normalizer.decode_states(layout.unpack(x)[0])
         return torch.where(self.state_rows[..., None], self.states, states)
 
 
@@ -262,7 +262,7 @@ def _prepare(
                 "pass num_known_actions >= num_known_states - 1"
             )
         modelled = rewards - torch.where(reward_known, control(actions), torch.zeros_like(rewards))
-    x = torch.where(mask, layout.pack(norm.normalize_states(states), norm.normalize_rewards(modelled)), 0.0)
+    x = torch.where(mask, layout.pack(norm.encode_states(states), norm.normalize_rewards(modelled)), 0.0)
     actions = torch.where(action_known[..., None], actions, torch.full_like(actions, float("nan")))
     return _Known(x, mask, states, state_rows, rewards, reward_known, actions, action_known)
 

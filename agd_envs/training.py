@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import torch
+from einops import rearrange
 from tqdm.auto import tqdm
 
 from agd_envs.diffusion import NoiseSchedule, q_sample
@@ -79,11 +80,10 @@ def diffusion_loss(
     """
     config, layout, norm = model.config, model.layout, model.normalizer
     device = model.device
-    states = norm.normalize_states(batch.states.to(device))
-    real_actions = batch.actions.to(device)
+    real_states, real_actions = batch.states.to(device), batch.actions.to(device)
     actions = norm.normalize_actions(real_actions)
     rewards = norm.normalize_rewards(batch.rewards.to(device) - model.control_rewards(real_actions))
-    x0 = layout.pack(states, rewards)
+    x0 = layout.pack(norm.encode_states(real_states), rewards)
     b = x0.shape[0]
     known_mask, action_mask = (m.to(device) for m in training_masks(layout, b, config.joint_fraction, generator))
     t = torch.randint(0, config.diffusion_steps, (b,), generator=generator).to(device)
@@ -95,28 +95,37 @@ def diffusion_loss(
     weight = loss_weight(model.schedule, t, x0, config) * entry_weights(layout, config.reward_weight, x0)
     loss = (weight * unknown * (prediction - target).square()).sum() / unknown.sum().clamp_min(1.0)
     if model.reward_head is not None:
-        loss = loss + reward_head_loss(model.reward_head, states, actions, rewards)
+        loss = loss + reward_head_loss(model.reward_head, norm.normalize_states(real_states), actions, rewards)
     return loss
 
 
-RESIDUAL_MOMENT_SEGMENTS = 4096
-"""Segments sampled to estimate the mean and std of the modelled rewards under ``known_action_cost``."""
+MOMENT_SEGMENTS = 4096
+"""Segments sampled to estimate the moments the dataset's statistics do not hold (see ``fit_segment_moments``)."""
 
 
 @torch.no_grad()
-def fit_residual_reward_moments(model: WorldModel, dataset: SegmentSource, generator: torch.Generator | None) -> None:
-    """Set the normalizer's reward moments to those of ``r - control_reward(a)``, the rewards the network models.
+def fit_segment_moments(model: WorldModel, dataset: SegmentSource, generator: torch.Generator | None) -> None:
+    """Fit the normalizer moments that only segments give: the modelled rewards' and the per-step changes'.
 
-    The dataset's statistics describe r; without this, z-scoring the residual with them would shrink
-    it where the control cost carries most of the spread (Reacher: r's std is several times the residual's).
+    Under ``known_action_cost`` the reward moments become those of ``r - control_reward(a)``, the rewards
+    the network models: the dataset's statistics describe r, and z-scoring the residual with them would
+    shrink it where the control cost carries most of the spread (Reacher: r's std is several times the
+    residual's). Under ``delta_states`` the change moments are those of s_{t+1} - s_t. Neither: no-op
+    (and ``generator`` is left untouched).
     """
-    size = model.config.batch_size  # in training-sized batches: a source may serve no larger ones
-    batches = [dataset.sample_segments(size, model.config.horizon, generator=generator)
-               for _ in range(-(-RESIDUAL_MOMENT_SEGMENTS // size))]  # fmt: skip
-    residual = torch.cat([(b.rewards - model.control_rewards(b.actions)).double().flatten() for b in batches])
-    norm = model.normalizer
-    norm.rew_mean.copy_(residual.mean())
-    norm.rew_std.copy_(residual.std().clamp_min(norm.min_std))
+    config, norm = model.config, model.normalizer
+    if not (config.known_action_cost or config.delta_states):
+        return
+    size = config.batch_size  # in training-sized batches: a source may serve no larger ones
+    batches = [dataset.sample_segments(size, config.horizon, generator=generator)
+               for _ in range(-(-MOMENT_SEGMENTS // size))]  # fmt: skip
+    if config.known_action_cost:
+        residual = torch.cat([(b.rewards - model.control_rewards(b.actions)).double().flatten() for b in batches])
+        norm.rew_mean.copy_(residual.mean())
+        norm.rew_std.copy_(residual.std().clamp_min(norm.min_std))
+    if config.delta_states:
+        changes = torch.cat([b.states[:, 1:] - b.states[:, :-1] for b in batches], dim=0)
+        norm.fit_deltas(rearrange(changes, "b h s -> (b h) s"))
 
 
 def entry_weights(layout: SegmentLayout, reward_weight: float, like: torch.Tensor) -> torch.Tensor:
@@ -168,8 +177,7 @@ class WorldModelTrainer:
         batch_size = batch_size or config.batch_size
         if update_normalizer:
             model.normalizer.fit(dataset.statistics())
-            if config.known_action_cost:
-                fit_residual_reward_moments(model, dataset, generator)
+            fit_segment_moments(model, dataset, generator)
         self._move_optimizer_state()
         model.network.train()
         log: list[dict[str, float]] = []

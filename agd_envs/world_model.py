@@ -70,6 +70,10 @@ class WorldModelConfig:
     compound in a closed loop, where that state is imagined: measured on held-out Hopper windows
     (tests/test_fidelity.py), closed-loop MSE / open-loop MSE reached 4.7 at t=6 with latest-state
     anchors and stays <= 0.94 at every step with s_0 anchors (0.93 without anchors)."""
+    delta_states: bool = False
+    """Denoise each step's change s_t - s_{t-1}, z-scored with the changes' own statistics, instead of the
+    z-scored states themselves (agd_envs/normalization.py; the states are the changes summed up from
+    s_0). Mutually exclusive with ``anchor_states`` (zero change is already the "state stays" output)."""
     loss_weighting: str = "none"
     """``none`` (plain L2 of paper eq. 6 on the chosen target) or ``min_snr`` (Hang et al. 2023)."""
     min_snr_gamma: float = 5.0
@@ -122,6 +126,11 @@ class WorldModelConfig:
             )
         if self.anchor_states and self.prediction != "x0":
             raise ValueError("anchor_states=True needs prediction='x0' (it offsets the x0 estimate)")
+        if self.anchor_states and self.delta_states:
+            raise ValueError(
+                "anchor_states and delta_states are exclusive: with delta_states the network already predicts "
+                "changes from the previous state; pass anchor_states=False"
+            )
         if self.reward_weight < 0:
             raise ValueError(f"reward_weight must be >= 0, got {self.reward_weight}")
         if not 0.0 <= self.joint_fraction <= 1.0:
@@ -166,7 +175,7 @@ class WorldModelConfig:
         return cls(**data)
 
 
-_ADDED_LATER: dict[str, Any] = {"reward_head": False, "known_action_cost": False}
+_ADDED_LATER: dict[str, Any] = {"reward_head": False, "known_action_cost": False, "delta_states": False}
 """Fields added after format version 1, with the value that reproduces older checkpoints."""
 
 # Chosen by measurement on hopper-mixed (held-out joint-sampling state error; the issue notes and
@@ -197,7 +206,7 @@ class WorldModel(nn.Module):
         self.config = config
         self.task = get_task(config.task)
         self.layout = SegmentLayout(self.task.obs_dim, self.task.act_dim, config.horizon)
-        self.normalizer = Normalizer(self.task.obs_dim, self.task.act_dim)
+        self.normalizer = Normalizer(self.task.obs_dim, self.task.act_dim, delta_states=config.delta_states)
         self.schedule: NoiseSchedule = cosine_schedule(config.diffusion_steps, config.schedule_temperature)
         self.network = SegmentDenoiser(
             x_dim=self.layout.x_dim,

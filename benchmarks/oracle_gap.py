@@ -18,11 +18,13 @@ s_0. Reported, per step t and over the H-step segment:
 Run (repo root):
     python3 benchmarks/oracle_gap.py RUN [RUN ...] --name oracle_gap_halfcheetah
     python3 benchmarks/oracle_gap.py RUN --fit-updates 2000 8000 20000 --name oracle_gap_refit   # training length
+    python3 benchmarks/oracle_gap.py RUN --fit-updates 8000 --set delta_states=true anchor_states=false   # a variant
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -135,6 +137,17 @@ def refits(run: Path, updates: list[int], overrides: dict[str, int], starts: int
     return rows
 
 
+def parse_override(item: str) -> tuple[str, object]:
+    """``FIELD=JSON`` (e.g. ``delta_states=true``, ``width=512``) -> (field, value)."""
+    field, sep, value = item.partition("=")
+    if not sep:
+        raise SystemExit(f"--set {item!r}: expected FIELD=VALUE, e.g. width=512")
+    try:
+        return field, json.loads(value)
+    except json.JSONDecodeError:
+        return field, value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="agd train run directories (with a checkpoint)")
@@ -143,12 +156,12 @@ def main() -> None:
     parser.add_argument("--name", default="oracle_gap", help="result file benchmarks/results/<name>.json")
     parser.add_argument("--fit-updates", type=int, nargs="*", default=[],
                         help="instead of the run's model: a fresh cpu-preset model fit on the run's data, measured at these update counts")
-    parser.add_argument("--width", type=int, help="with --fit-updates: the fresh model's width")
-    parser.add_argument("--depth", type=int, help="with --fit-updates: the fresh model's depth")
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=JSON",
+                        help="with --fit-updates: WorldModelConfig overrides of the fresh model, e.g. width=512 delta_states=true")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.fit_updates:
-        overrides = {k: v for k, v in (("width", args.width), ("depth", args.depth)) if v is not None}
+        overrides = dict(parse_override(item) for item in args.set)
         rows = [row for run in args.runs for row in refits(run, args.fit_updates, overrides, args.starts, args.seed)]
     else:
         rows = [measure(run, args.starts, args.seed) for run in args.runs]
