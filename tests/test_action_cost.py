@@ -11,6 +11,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_model_config
 
 from agd_envs.datasets import EpisodeDataset
 from agd_envs.defaults import default_dataset_path
@@ -46,7 +47,7 @@ def test_control_reward_is_the_real_envs_control_term(name: str) -> None:
 
 def _tiny(task: str, known: bool) -> WorldModel:
     torch.manual_seed(0)
-    return WorldModel(WorldModelConfig.preset("cpu", task, width=32, depth=1, known_action_cost=known))
+    return WorldModel(tiny_model_config(task, known_action_cost=known))
 
 
 def test_the_sampler_adds_the_known_term_back_for_the_actions_it_was_given() -> None:

@@ -12,6 +12,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_model_config
 from gymnasium.utils.env_checker import check_env
 from gymnasium.vector import AutoresetMode
 
@@ -22,11 +23,10 @@ from agd_envs.dream_env import CRITIC_SIGNATURE, DreamEnv, DreamVectorEnv
 from agd_envs.registration import ENTRY_POINT, VECTOR_ENTRY_POINT, register_envs
 from agd_envs.tasks import TASKS
 from agd_envs.training import WorldModelTrainer
-from agd_envs.world_model import CheckpointError, WorldModel, WorldModelConfig
+from agd_envs.world_model import CheckpointError, WorldModel
 
 register_envs()  # agd_envs/__init__.py does this on import; harmless twice
 
-TINY = dict(width=32, depth=1, embed_dim=16, diffusion_steps=8, sampling_steps=2, batch_size=32)
 W_HOPPER = torch.linspace(-1.0, 1.0, 11)
 
 
@@ -55,7 +55,7 @@ def cheetah_data(tmp_path_factory: pytest.TempPathFactory) -> EpisodeDataset:
 @pytest.fixture(scope="module")
 def hopper_model(hopper_data: EpisodeDataset) -> WorldModel:
     torch.manual_seed(0)
-    model = WorldModel(WorldModelConfig.preset("cpu", "Hopper", **TINY))
+    model = WorldModel(tiny_model_config("Hopper"))
     WorldModelTrainer(model).fit(hopper_data, 5, progress=False, generator=torch.Generator().manual_seed(0))
     return model
 
@@ -63,7 +63,7 @@ def hopper_model(hopper_data: EpisodeDataset) -> WorldModel:
 @pytest.fixture(scope="module")
 def cheetah_model(cheetah_data: EpisodeDataset) -> WorldModel:
     torch.manual_seed(0)
-    model = WorldModel(WorldModelConfig.preset("cpu", "HalfCheetah", **TINY))
+    model = WorldModel(tiny_model_config("HalfCheetah"))
     model.normalizer.fit(cheetah_data.statistics())  # untrained network: mechanics only
     return model
 

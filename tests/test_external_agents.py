@@ -12,6 +12,7 @@ from typing import Callable
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_model_config
 from stable_baselines3.common.callbacks import BaseCallback
 
 from agd_envs.collector import RealEnvCollector
@@ -19,10 +20,8 @@ from agd_envs.datasets import EpisodeDataset
 from agd_envs.defaults import default_dataset_path
 from agd_envs.dream_env import DreamEnv, DreamVectorEnv
 from agd_envs.training import WorldModelTrainer
-from agd_envs.world_model import WorldModel, WorldModelConfig
+from agd_envs.world_model import WorldModel
 from examples import cleanrl_ppo_dream, sb3_ppo_dream
-
-TINY = dict(width=64, depth=2, embed_dim=32, sampling_steps=2)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -36,7 +35,7 @@ def data() -> EpisodeDataset:
 @pytest.fixture(scope="module")
 def model(data: EpisodeDataset) -> WorldModel:
     torch.manual_seed(0)
-    model = WorldModel(WorldModelConfig.preset("cpu", "Hopper", **TINY))
+    model = WorldModel(tiny_model_config("Hopper"))
     WorldModelTrainer(model).fit(data, 200, progress=False, generator=torch.Generator().manual_seed(0))
     return model
 
@@ -144,8 +143,7 @@ def test_sb3_example_loop_runs(model: WorldModel, tmp_path) -> None:
 # -------------------------------------------------------------------------------------- refit
 def test_refit_updates_live_dream_envs_in_place(tmp_path) -> None:
     torch.manual_seed(0)
-    model = WorldModel(WorldModelConfig.preset("cpu", "Hopper", width=32, depth=1, embed_dim=16, batch_size=32,
-                                               sampling_steps=2))  # fmt: skip
+    model = WorldModel(tiny_model_config("Hopper"))
     with RealEnvCollector("Hopper", tmp_path / "real", num_envs=2, seed=0, progress=False) as collector:
         collector.collect("random", 200)
         trainer = WorldModelTrainer(model)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_model_config
 
 from agd_envs.datasets import EpisodeDataset
 from agd_envs.defaults import default_dataset_path
@@ -84,18 +85,18 @@ def test_head_rewards_use_the_executed_actions(cheetah_with_head: WorldModel) ->
 
 
 def test_a_model_without_head_says_how_to_get_one() -> None:
-    model = WorldModel(WorldModelConfig.preset("cpu", "Reacher", width=32, depth=1))
+    model = WorldModel(tiny_model_config("Reacher"))
     with pytest.raises(ValueError, match="reward_head=True"):
         model.head_rewards(torch.zeros(1, 11, 10), torch.zeros(1, 10, 2))
 
 
 def test_checkpoints_keep_the_head_and_older_ones_load_without_it(tmp_path: Path) -> None:
-    config = WorldModelConfig.preset("cpu", "Reacher", width=32, depth=1, reward_head=True)
+    config = tiny_model_config("Reacher", reward_head=True)
     model = WorldModel(config)
     loaded = WorldModel.load(model.save(tmp_path / "head"))
     for (name, a), (_, b) in zip(model.reward_head.state_dict().items(), loaded.reward_head.state_dict().items()):
         assert torch.equal(a, b), name
-    plain = WorldModel(WorldModelConfig.preset("cpu", "Reacher", width=32, depth=1)).save(tmp_path / "old")
+    plain = WorldModel(tiny_model_config("Reacher")).save(tmp_path / "old")
     meta = json.loads((plain / "config.json").read_text())
     del meta["config"]["reward_head"]  # what a checkpoint from before the field looks like
     (plain / "config.json").write_text(json.dumps(meta))

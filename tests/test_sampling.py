@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from analytic import LinearCritic, ToyDenoiser, toy_task
+from conftest import tiny_model_config
 from torch import nn
 from torch.distributions import Independent, Normal
 
@@ -276,7 +277,7 @@ def test_imagine_is_algorithm_2() -> None:
 def test_the_world_model_satisfies_the_denoiser_protocol() -> None:
     """A tiny untrained WorldModel samples through the same code (joint, closed loop, dps guide)."""
     world_model = pytest.importorskip("agd_envs.world_model")
-    config = world_model.WorldModelConfig.preset("cpu", task="Hopper", width=32, depth=1, embed_dim=16)
+    config = tiny_model_config("Hopper")
     model = world_model.WorldModel(config)
     s0 = torch.zeros(4, 11)
     critic = nn.Linear(11, 1)

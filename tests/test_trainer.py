@@ -5,13 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import TINY_MODEL
 
 from agd_envs.cli import main as agd_main
 from agents.checkpoint import RunError
 from agents.run_log import PHASES
 from agents.trainer import AGDTrainer, TrainerConfig, run_label
-
-TINY_MODEL = {"width": 64, "depth": 1, "embed_dim": 32, "diffusion_steps": 8, "sampling_steps": 2, "batch_size": 64}
 
 
 def tiny_config(**overrides) -> TrainerConfig:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_model_config
 
 from agd_envs.segments import SegmentLayout
 from agd_envs.tasks import get_task
@@ -28,7 +29,6 @@ from agd_envs.world_model import (
 )
 
 DATASET = Path(__file__).resolve().parents[1] / "datasets" / "hopper-mixed"
-TINY = dict(width=64, depth=2, embed_dim=16, diffusion_steps=8, sampling_steps=2)
 
 
 @dataclass
@@ -78,7 +78,7 @@ class LinearToyData:
 
 def tiny_model(**overrides) -> WorldModel:
     torch.manual_seed(0)
-    model = WorldModel(WorldModelConfig.preset("cpu", "Hopper", **{**TINY, **overrides}))
+    model = WorldModel(tiny_model_config("Hopper", **overrides))
     model.normalizer.fit(LinearToyData().statistics())
     return model
 
