@@ -15,7 +15,7 @@ name       log f(tau)                          entries it moves
 with the one-step advantage A_t = r_t + gamma (1 - d_t) V(s_{t+1}) - V(s_t), t = 0..H-1, and
 d_t = task termination of s_{t+1}, held constant (no gradient through the termination rule).
 
-Choices, each against the reference implementation (reference notes §3, §7):
+Choices, each against the reference implementation (AGD-MBRL's public code, polygrad/sampling/functions.py):
 
 - the critic sees REAL-unit states, as it was trained; the gradient with respect to the normalized
   entries the sampler moves comes from autograd through ``Normalizer.unnormalize_*`` (chain rule:
@@ -52,7 +52,7 @@ from agd_envs.segments import SegmentLayout
 from agd_envs.tasks import Task
 
 Critic = Callable[[Tensor], Tensor]
-"""``critic(obs: B x S real units) -> B or B x 1`` state values, differentiable (design.md)."""
+"""``critic(obs: B x S real units) -> B or B x 1`` state values, differentiable (``dream_inputs.check_critic`` checks it)."""
 
 RewardFn = Callable[[Tensor], Tensor]
 """``reward_fn(states: B x (H+1) x S real) -> B x H`` real rewards, differentiable (a world model's reward head)."""
@@ -129,7 +129,6 @@ class Guide:
     moves: Literal["states", "rewards"] | None
     """Which denoised entries the sampler shifts along the gradient; None = the guide is inert."""
     needs_critic: bool
-    description: str = ""
 
     def __call__(
         self,
@@ -172,10 +171,10 @@ class Guide:
 GUIDES: dict[str, Guide] = {
     g.name: g
     for g in (
-        Guide("none", _log_f_none, None, False, "no value guidance (PolyGRAD)"),
-        Guide("reward", _log_f_reward, "rewards", False, "log f = sum_t r_t (online Diffuser)"),
-        Guide("eag", _log_f_eag, "states", True, "log f = sum_t A_t (exponential advantage guidance)"),
-        Guide("sag", _log_f_sag, "states", True, "log f = sum_t log sigmoid(A_t) (sigmoid advantage guidance)"),
+        Guide("none", _log_f_none, None, False),  # the module docstring's table says what each one is
+        Guide("reward", _log_f_reward, "rewards", False),
+        Guide("eag", _log_f_eag, "states", True),
+        Guide("sag", _log_f_sag, "states", True),
     )
 }
 

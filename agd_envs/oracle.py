@@ -123,13 +123,13 @@ class OracleWorldModel:
     """The real simulator of ``task`` as a world model (see the module docstring).
 
     :param task: task name or ``Task``.
-    :param config: segment horizon (default ``OracleConfig(horizon=task.horizon)``).
+    :param config: segment horizon (default ``OracleConfig()``: H = 10, as both world-model presets).
     :param device: where ``rollout`` puts its tensors.
     """
 
     def __init__(self, task: str | Task, config: OracleConfig | None = None, device: str | torch.device = "cpu") -> None:
         self.task = get_task(task)
-        self.config = config if config is not None else OracleConfig(horizon=self.task.horizon)
+        self.config = config if config is not None else OracleConfig()
         self.layout = SegmentLayout(self.task.obs_dim, self.task.act_dim, self.config.horizon)
         self._device = torch.device(device)
         self._restore = RESTORERS[self.task.name]

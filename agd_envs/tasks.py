@@ -58,8 +58,6 @@ class Task:
     max_episode_steps: int
     termination_fn: TerminationFn = field(compare=False, repr=False, default=_never)
     """Batched ``obs[..., S] -> terminated[...]`` rule of the real env with default arguments."""
-    horizon: int = 10
-    """Default segment length H (the paper and PolyGRAD use 10 for every task)."""
     guide_scale: float = 1.0
     """Default guide scale alpha for EAG/SAG in our parametrisation (see guides.py)."""
     ctrl_cost_weight: float = 0.0

@@ -184,7 +184,8 @@ class AGDTrainer:
         """The run's world model on ``config.device``: the oracle, or the preset's diffusion model."""
         cfg = self.config
         if cfg.world_model == "oracle":
-            return OracleWorldModel(self.task, OracleConfig(horizon=cfg.model.get("horizon", self.task.horizon)), device=cfg.device)
+            horizon = cfg.model.get("horizon", WorldModelConfig.preset(cfg.model_preset, self.task).horizon)  # the diffusion model's H
+            return OracleWorldModel(self.task, OracleConfig(horizon=horizon), device=cfg.device)
         overrides = dict(cfg.model)
         if cfg.sampling_steps is not None:
             overrides["sampling_steps"] = cfg.sampling_steps
