@@ -1,4 +1,4 @@
-"""The ``agd`` command line: collect real data, fit world models, and (later) train and evaluate."""
+"""The ``agd`` command line: collect real data, fit world models, train and evaluate runs, plot, tabulate, baselines."""
 
 from __future__ import annotations
 

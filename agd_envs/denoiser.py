@@ -4,7 +4,7 @@ Input per segment (all normalized): the noisy segment ``x_t`` with known entries
 their clean values, the known mask over ``x``, the actions times their mask (flattened) and the action
 mask; plus a learned embedding of the diffusion step. Output: ``Dx`` numbers, read as an x0 or an ε
 estimate by the world model (the network does not know which). Same shape as PolyGRAD's
-ResidualMLPDenoiser (reference notes §1: Linear in, residual blocks ``h + Linear(act(LN(h)))``,
+ResidualMLPDenoiser (polygrad/models/mlp_denoiser_network.py: Linear in, residual blocks ``h + Linear(act(LN(h)))``,
 final LayerNorm + Linear), with the mask channels added so one network serves joint and closed-loop use.
 """
 

@@ -1,7 +1,7 @@
 """Fitting a WorldModel: the masked L2 denoising loss (paper eq. 6), the mask mix, Adam and EMA.
 
-Each batch element gets one of two known/unknown patterns (prototype-findings.md: train on exactly the
-patterns used at sampling time, loss on unknown entries only):
+Each batch element gets one of two known/unknown patterns, exactly those used at sampling time, and the loss
+is taken on the unknown entries only (a prototype measured before this package found both necessary):
 
 - joint (fraction ``config.joint_fraction``): s_0 known, all H actions known — PolyGRAD/Algorithm 2;
 - closed-loop prefix, k ~ U{0..H-1}: s_0..s_k, r_0..r_{k-1} and a_0..a_k known — a DreamEnv step

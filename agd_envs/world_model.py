@@ -141,7 +141,8 @@ class WorldModelConfig:
         """Named configurations: ``paper`` (PolyGRAD sizes) and ``cpu`` (fits usefully in ~3 min on 2 cores).
 
         ``paper``: H=10, N=128, residual MLP 1024 x 6 with LayerNorm, x0-prediction, batch 256, lr 3e-4,
-        tau 0.1 for Hopper else 1.0 (reference notes §0-1). ``cpu``: see PRESET_NOTES in this module.
+        tau 0.1 for Hopper else 1.0 (PolyGRAD's config/base_config.py). ``cpu``: the measurements in the
+        comment above ``_CPU_PRESET``.
         """
         task_name = get_task(task).name
         if name == "paper":
@@ -178,7 +179,7 @@ class WorldModelConfig:
 _ADDED_LATER: dict[str, Any] = {"reward_head": False, "known_action_cost": False, "delta_states": False}
 """Fields added after format version 1, with the value that reproduces older checkpoints."""
 
-# Chosen by measurement on hopper-mixed (held-out joint-sampling state error; the issue notes and
+# Chosen by measurement on hopper-mixed (held-out joint-sampling state error;
 # benchmarks/results/model_floor_*.json): with 120 s of training on 1 thread, 256x3 (~66 updates/s,
 # 7.9k updates) reached z-scored MSE .0042 at t=1 and .025 at t=10, 512x4 (~25 updates/s, 3.0k) .0050
 # and .031 -- on a CPU budget more updates beat a wider net. Earlier sweeps (2 threads): lr 1e-3 beat

@@ -3,7 +3,7 @@
 Times ``agd_envs.sampling.imagine`` (paper Algorithm 2: joint H-step segments from s_0, policy-guided
 actions, a value guide) and one closed-loop ``sample`` call (a DreamEnv step: half the segment known,
 no actor) with an untrained world model of the chosen preset: the cost does not depend on the
-weights. Actor and critic are reference-sized MLPs (in -> 256 -> 256 -> out, reference notes §4).
+weights. Actor and critic are reference-sized MLPs (in -> 256 -> 256 -> out, as PolyGRAD's polygrad/agent/a2c.py).
 
 Run: python3 benchmarks/sampling.py --task Hopper --preset cpu --batch 256 1024 --device cpu
 Sweep: python3 benchmarks/sampling.py --preset paper --batch 256 --steps 128 32 8 2 --guides none eag --modes x0

@@ -24,7 +24,7 @@ state stays constant                        .074    .197    .518    1.09    1.86
 Without anchors, an earlier measurement over three seeds gave closed/open maxima over t of .93-1.05
 with one step, 1.17-1.24 with 2 DDIM steps and 1.29-1.37 with 4 (DDPM with 32 steps: 1.30).
 So the closed loop is sampled with ONE deterministic step here: with more steps, the future the
-sampler invents for the unknown actions leaks into s_{t+1} (prototype-findings.md) and the closed
+sampler invents for the unknown actions leaks into s_{t+1} and the closed
 loop falls behind the open loop at t = 3..5, by 17-24% with 2 steps and 29-37% with 4 (the preset's
 default; DDPM with 32 steps: 30%). One step is also the most accurate closed-loop setting from t = 2
 on, and the cheapest.
