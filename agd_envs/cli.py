@@ -29,6 +29,17 @@ def _collect(args: argparse.Namespace) -> None:
     print(f"wrote {writer.num_episodes} episodes, {writer.num_steps} steps to {args.out}")
 
 
+def _repair(args: argparse.Namespace) -> None:
+    from agd_envs import _journal as J
+    from agd_envs.datasets import repair, resolve_data_dir
+
+    data_dir = resolve_data_dir(args.path)
+    visible = J.read_metadata(data_dir)["total_episodes"]  # what Minari saw before
+    total = repair(data_dir)
+    print(f"{data_dir.parent}: {total} episodes in {J.MAIN_FILE} ({total - visible} committed from the journal, "
+          f"Minari saw {visible}); it can be copied or shared now")
+
+
 def _fit(args: argparse.Namespace) -> None:
     from agd_envs.training import fit_main
 
@@ -153,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--num-envs", type=int, default=1)
     collect.add_argument("--seed", type=int, default=0)
     collect.set_defaults(func=_collect)
+
+    repair = sub.add_parser("repair", help="after a crash: commit a dataset's journal so Minari sees every episode")
+    repair.add_argument("path", help="dataset directory (the one holding data/)")
+    repair.set_defaults(func=_repair)
 
     fit = sub.add_parser("fit", help="fit a diffusion world model on a dataset and save a checkpoint")
     fit.add_argument("--task", required=True, choices=tasks)

@@ -21,7 +21,7 @@ import torch
 
 from _crash_writer import KEYS, episode_sha, rollout_episode
 from agd_envs import _journal as J
-from agd_envs.datasets import SCHEMA_VERSION, DatasetError, DatasetWriter, Episode, EpisodeDataset, repair
+from agd_envs.datasets import COMMIT_SECONDS, SCHEMA_VERSION, DatasetError, DatasetWriter, Episode, EpisodeDataset, repair
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -341,6 +341,49 @@ def test_sigkill_during_collection_keeps_every_acknowledged_episode(tmp_path: Pa
     assert max(from_journal) >= 2
     assert phases.count("before first episode") >= 1 and phases.count("during checkpoint") >= 1
     assert sum(p in ("mid-collection", "during checkpoint") for p in phases) >= 5
+
+
+def test_killed_collect_leaves_minari_seconds_behind_and_agd_repair_restores_the_rest(
+        tmp_path: Path, monkeypatch, capsys) -> None:
+    """The issue's case: HalfCheetah's 1000-step episodes took 200 episodes (minutes) to reach Minari before."""
+    import minari
+
+    from agd_envs.cli import main
+
+    root, main_file = tmp_path / "cheetah", tmp_path / "cheetah" / "data" / "main_data.hdf5"
+    collect = subprocess.Popen([sys.executable, "-m", "agd_envs.cli", "collect", "--task", "HalfCheetah", "--steps",
+                                "10000000", "--num-envs", "2", "--out", str(root)], cwd=tmp_path,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and collect.poll() is None and not (root / "data").exists():
+            time.sleep(0.01)
+        time.sleep(2 * COMMIT_SECONDS + 1)  # 2-3 commits after the writer made the dataset; before: none
+        collect.send_signal(signal.SIGKILL)
+        killed_at = time.time()
+    finally:
+        collect.kill()
+        stderr = collect.communicate()[1].decode()
+    assert collect.returncode == -signal.SIGKILL, stderr
+    with h5py.File(main_file, "r") as f:
+        visible = sum(name.startswith("episode_") for name in f)
+    lag = killed_at - main_file.stat().st_mtime  # mtime: when the last commit wrote the file
+    data = EpisodeDataset.open(root)  # the reader sees the journal too
+    seen = f"committed {visible} of {data.num_episodes} episodes; last commit {lag:.2f} s before the kill"
+    assert visible >= 2 and lag <= COMMIT_SECONDS + 1.5, seen
+    assert data.num_episodes > visible  # the episodes since the last commit are only in the journal
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    shutil.copytree(root, tmp_path / "minari" / "agd" / "before-v0")
+    assert minari.load_dataset("agd/before-v0").total_episodes == visible
+    main(["repair", str(root)])
+    assert f"{data.num_episodes} episodes in main_data.hdf5 ({data.num_episodes - visible} committed from the " \
+           f"journal, Minari saw {visible})" in capsys.readouterr().out
+    shutil.copytree(root, tmp_path / "minari" / "agd" / "after-v0")
+    loaded = minari.load_dataset("agd/after-v0")
+    assert loaded.total_episodes == data.num_episodes
+    last = data.episode(data.num_episodes - 1)
+    assert np.array_equal(loaded[data.num_episodes - 1].observations, last.observations)
 
 
 # -------------------------------------------------------------------------------------- bad input
