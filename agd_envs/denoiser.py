@@ -75,6 +75,7 @@ class SegmentDenoiser(nn.Module):
     :param embed_dim: size of the step embedding.
     :param time_embedding: ``"learned"`` (table + MLP) or ``"fourier"``.
     :param time_injection: ``"block"`` (projected and added in every block) or ``"input"`` (added once).
+    :param context_dim: size of an extra per-segment input (e.g. a dynamics prior's rollout; 0: none).
     """
 
     def __init__(
@@ -89,12 +90,13 @@ class SegmentDenoiser(nn.Module):
         embed_dim: int = 128,
         time_embedding: str = "learned",
         time_injection: str = "block",
+        context_dim: int = 0,
     ) -> None:
         super().__init__()
         if time_injection not in ("block", "input"):
             raise ValueError(f"time_injection must be 'block' or 'input', got {time_injection!r}")
         self.time_injection = time_injection
-        in_dim = 2 * x_dim + horizon * act_dim + horizon
+        in_dim = 2 * x_dim + horizon * act_dim + horizon + context_dim
         self.embed = StepEmbedding(num_steps, embed_dim, time_embedding)
         self.input = nn.Linear(in_dim, width)
         self.input_time = nn.Linear(embed_dim, width) if time_injection == "input" else None
@@ -110,13 +112,15 @@ class SegmentDenoiser(nn.Module):
         actions: torch.Tensor,
         action_mask: torch.Tensor,
         known_mask: torch.Tensor,
+        context: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``x_t`` B x Dx (known entries clean), ``t`` B, ``actions`` B x H x A normalized,
-        ``action_mask`` B x H bool, ``known_mask`` B x Dx bool -> B x Dx."""
+        ``action_mask`` B x H bool, ``known_mask`` B x Dx bool, ``context`` B x context_dim or None -> B x Dx."""
         dtype = x_t.dtype
         a_mask = action_mask.to(dtype)
         masked_actions = rearrange(actions * a_mask[..., None], "b h a -> b (h a)")
-        features = torch.cat([x_t, known_mask.to(dtype), masked_actions, a_mask], dim=-1)
+        extra = [] if context is None else [context.to(dtype)]
+        features = torch.cat([x_t, known_mask.to(dtype), masked_actions, a_mask, *extra], dim=-1)
         emb = self.embed(t)
         h = self.input(features)
         if self.input_time is not None:

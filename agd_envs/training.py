@@ -96,6 +96,8 @@ def diffusion_loss(
     loss = (weight * unknown * (prediction - target).square()).sum() / unknown.sum().clamp_min(1.0)
     if model.reward_head is not None:
         loss = loss + reward_head_loss(model.reward_head, norm.normalize_states(real_states), actions, rewards)
+    if config.dynamics_prior:
+        loss = loss + model.network.prior.loss(norm.normalize_states(real_states), actions, rewards)
     return loss
 
 
@@ -110,11 +112,12 @@ def fit_segment_moments(model: WorldModel, dataset: SegmentSource, generator: to
     Under ``known_action_cost`` the reward moments become those of ``r - control_reward(a)``, the rewards
     the network models: the dataset's statistics describe r, and z-scoring the residual with them would
     shrink it where the control cost carries most of the spread (Reacher: r's std is several times the
-    residual's). Under ``delta_states`` the change moments are those of s_{t+1} - s_t. Neither: no-op
+    residual's). Under ``delta_states`` the change moments are those of s_{t+1} - s_t; under ``dynamics_prior``
+    the prior's, of the normalized states' one-step changes. None of these: no-op
     (and ``generator`` is left untouched).
     """
     config, norm = model.config, model.normalizer
-    if not (config.known_action_cost or config.delta_states):
+    if not (config.known_action_cost or config.delta_states or config.dynamics_prior):
         return
     size = config.batch_size  # in training-sized batches: a source may serve no larger ones
     batches = [dataset.sample_segments(size, config.horizon, generator=generator)
@@ -126,6 +129,11 @@ def fit_segment_moments(model: WorldModel, dataset: SegmentSource, generator: to
     if config.delta_states:
         changes = torch.cat([b.states[:, 1:] - b.states[:, :-1] for b in batches], dim=0)
         norm.fit_deltas(rearrange(changes, "b h s -> (b h) s"))
+    if config.dynamics_prior:
+        z = norm.normalize_states(torch.cat([b.states for b in batches]))
+        changes = rearrange(z[:, 1:] - z[:, :-1], "b h s -> (b h) s")
+        for network in (model.network, model.ema_network):
+            network.prior.fit_moments(changes, norm.min_std)
 
 
 def entry_weights(layout: SegmentLayout, reward_weight: float, like: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,7 @@ from torch import nn
 
 from agd_envs.denoiser import SegmentDenoiser
 from agd_envs.diffusion import NoiseSchedule, cosine_schedule, x0_from_eps
+from agd_envs.dynamics_prior import DynamicsPrior, PriorResidualDenoiser
 from agd_envs.normalization import Normalizer
 from agd_envs.reward_head import RewardHead
 from agd_envs.segments import SegmentLayout
@@ -74,6 +75,10 @@ class WorldModelConfig:
     """Denoise each step's change s_t - s_{t-1}, z-scored with the changes' own statistics, instead of the
     z-scored states themselves (agd_envs/normalization.py; the states are the changes summed up from
     s_0). Mutually exclusive with ``anchor_states`` (zero change is already the "state stays" output)."""
+    dynamics_prior: bool = False
+    """Add a one-step dynamics MLP that the denoiser corrects: the x0 estimate is the MLP's rollout over the
+    segment (from the known states, under the given actions) plus the denoiser's output, and the denoiser
+    sees the rollout as input (agd_envs/dynamics_prior.py). Needs x0-prediction and the plain encoding."""
     loss_weighting: str = "none"
     """``none`` (plain L2 of paper eq. 6 on the chosen target) or ``min_snr`` (Hang et al. 2023)."""
     min_snr_gamma: float = 5.0
@@ -126,6 +131,11 @@ class WorldModelConfig:
             )
         if self.anchor_states and self.prediction != "x0":
             raise ValueError("anchor_states=True needs prediction='x0' (it offsets the x0 estimate)")
+        if self.dynamics_prior and (self.prediction != "x0" or self.anchor_states or self.delta_states):
+            raise ValueError(
+                "dynamics_prior needs prediction='x0', anchor_states=False and delta_states=False (the prior's rollout "
+                "is the anchor the network's output is added to)"
+            )
         if self.anchor_states and self.delta_states:
             raise ValueError(
                 "anchor_states and delta_states are exclusive: with delta_states the network already predicts "
@@ -176,7 +186,8 @@ class WorldModelConfig:
         return cls(**data)
 
 
-_ADDED_LATER: dict[str, Any] = {"reward_head": False, "known_action_cost": False, "delta_states": False}
+_ADDED_LATER: dict[str, Any] = {"reward_head": False, "known_action_cost": False, "delta_states": False,
+                                 "dynamics_prior": False}
 """Fields added after format version 1, with the value that reproduces older checkpoints."""
 
 # Chosen by measurement on hopper-mixed (held-out joint-sampling state error;
@@ -209,7 +220,7 @@ class WorldModel(nn.Module):
         self.layout = SegmentLayout(self.task.obs_dim, self.task.act_dim, config.horizon)
         self.normalizer = Normalizer(self.task.obs_dim, self.task.act_dim, delta_states=config.delta_states)
         self.schedule: NoiseSchedule = cosine_schedule(config.diffusion_steps, config.schedule_temperature)
-        self.network = SegmentDenoiser(
+        denoiser = SegmentDenoiser(
             x_dim=self.layout.x_dim,
             act_dim=self.task.act_dim,
             horizon=config.horizon,
@@ -219,7 +230,11 @@ class WorldModel(nn.Module):
             embed_dim=config.embed_dim,
             time_embedding=config.time_embedding,
             time_injection=config.time_injection,
+            context_dim=self.layout.x_dim if config.dynamics_prior else 0,
         )
+        self.network: nn.Module = denoiser
+        if config.dynamics_prior:
+            self.network = PriorResidualDenoiser(self.layout, denoiser, DynamicsPrior(self.layout))
         self.ema_network = copy.deepcopy(self.network).requires_grad_(False)
         self.reward_head = RewardHead(self.task.obs_dim, self.task.act_dim) if config.reward_head else None
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))

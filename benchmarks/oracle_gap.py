@@ -19,6 +19,7 @@ Run (repo root):
     python3 benchmarks/oracle_gap.py RUN [RUN ...] --name oracle_gap_halfcheetah
     python3 benchmarks/oracle_gap.py RUN --fit-updates 2000 8000 20000 --name oracle_gap_refit   # training length
     python3 benchmarks/oracle_gap.py RUN --fit-updates 8000 --set delta_states=true anchor_states=false   # a variant
+    python3 benchmarks/oracle_gap.py RUN --mlp-updates 7000   # beside it, a one-step MLP fit on the run's data
 """
 
 from __future__ import annotations
@@ -34,10 +35,14 @@ from einops import rearrange
 from torch import Tensor
 
 from agd_envs.datasets import EpisodeDataset
+from agd_envs.dynamics_prior import DynamicsPrior
 from agd_envs.guides import advantages
+from agd_envs.normalization import Normalizer
 from agd_envs.oracle import OracleWorldModel
 from agd_envs.sampling import Imagined, imagine
-from agd_envs.training import WorldModelTrainer
+from agd_envs.segments import SegmentLayout
+from agd_envs.tasks import Task
+from agd_envs.training import MOMENT_SEGMENTS, WorldModelTrainer
 from agd_envs.world_model import WorldModel, WorldModelConfig
 from agents.a2c import A2CAgent
 from agents.returns import alive_mask
@@ -83,8 +88,71 @@ def corr(x: Tensor, y: Tensor) -> float:
     return float(np.corrcoef(x.double().numpy(), y.double().numpy())[0, 1])
 
 
-def measure(run: Path, starts: int, seed: int, model: WorldModel | None = None) -> dict[str, object]:
-    """The gap between the run's dream (or ``model``'s) and the real simulator (see the module docstring)."""
+def gap(agent: A2CAgent, guess: Imagined, real: Imagined, scale: Tensor) -> dict[str, object]:
+    """The module docstring's measures of ``guess`` against the ``real`` replay of its actions."""
+    actions = guess.actions
+    valid = alive_mask(real.terminations) & alive_mask(guess.terminations)
+    state_rmse = ((guess.states - real.states) / scale).square().mean(-1).sqrt()  # B x (H+1)
+    with torch.no_grad():
+        adv = [advantages(x.states, x.rewards, agent.critic, x.terminations, agent.config.gamma) for x in (guess, real)]
+        gaes = [gae_advantages(agent, x.states, x.rewards, x.terminations) for x in (guess, real)]
+    grads = [policy_gradient(agent, x.states, actions, g, valid) for x, g in zip((guess, real), gaes)]
+    returns = [torch.where(valid, x.rewards, 0.0).sum(1) for x in (guess, real)]
+    return {
+        "state_rmse_z_per_step": [round(float(v), 4) for v in state_rmse.mean(0)[1:]],
+        "reward_mae_per_step": [round(float(v), 4) for v in (guess.rewards - real.rewards).abs().mean(0)],
+        "reward_std_real": float(real.rewards[valid].std()),
+        "return_mean": {"dream": float(returns[0].mean()), "real": float(returns[1].mean())},
+        "return_corr": corr(*returns),
+        "advantage_corr": corr(adv[0][valid], adv[1][valid]),
+        "advantage_sign_agreement": float(((adv[0] > 0) == (adv[1] > 0))[valid].double().mean()),
+        "gae_advantage_corr": corr(gaes[0][valid], gaes[1][valid]),
+        "policy_gradient_cosine": float(torch.nn.functional.cosine_similarity(*grads, dim=0)),
+    }
+
+
+def fit_one_step_mlp(data: EpisodeDataset, task: Task, horizon: int, updates: int, seed: int) -> tuple[DynamicsPrior, Normalizer]:
+    """The reference one-step model: a ``DynamicsPrior`` alone, ``updates`` Adam steps on the dataset."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    norm = Normalizer(task.obs_dim, task.act_dim).fit(data.statistics())
+    prior = DynamicsPrior(SegmentLayout(task.obs_dim, task.act_dim, horizon))
+    batch = data.sample_segments(MOMENT_SEGMENTS, horizon, generator=gen)
+    z = norm.normalize_states(batch.states)
+    residual = batch.rewards - task.control_reward(batch.actions)
+    norm.rew_mean.copy_(residual.mean())
+    norm.rew_std.copy_(residual.std())
+    prior.fit_moments(rearrange(z[:, 1:] - z[:, :-1], "b h s -> (b h) s"))
+    optimizer = torch.optim.Adam(prior.parameters(), lr=1e-3)
+    for _ in range(updates):
+        b = data.sample_segments(256, horizon, generator=gen)
+        rewards = norm.normalize_rewards(b.rewards - task.control_reward(b.actions))
+        loss = prior.loss(norm.normalize_states(b.states), norm.normalize_actions(b.actions), rewards)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return prior, norm
+
+
+@torch.no_grad()
+def mlp_segments(prior: DynamicsPrior, norm: Normalizer, task: Task, s0: Tensor, actions: Tensor) -> Imagined:
+    """The one-step model rolled out from ``s0`` under (clipped) ``actions``, rewards with their control term."""
+    executed = actions.clamp(task.action_low, task.action_high)
+    b, h = actions.shape[:2]
+    start = torch.zeros(b, h + 1, task.obs_dim)
+    start[:, 0] = norm.normalize_states(s0)
+    known = torch.zeros(b, h + 1, dtype=torch.bool)
+    known[:, 0] = True
+    z, r = prior.rollout(start, known, norm.normalize_actions(executed), torch.ones(b, h, dtype=torch.bool))
+    states = norm.unnormalize_states(z)
+    rewards = norm.unnormalize_rewards(r) + task.control_reward(executed)
+    done = torch.cumsum(task.terminated(states[:, 1:]).long(), 1) > 0
+    return Imagined(states=states, actions=actions, rewards=rewards, terminations=done)
+
+
+def measure(run: Path, starts: int, seed: int, model: WorldModel | None = None, mlp_updates: int = 0) -> dict[str, object]:
+    """The gap between the run's dream (or ``model``'s) and the real simulator (see the module docstring);
+    with ``mlp_updates``, also a one-step MLP's (``fit_one_step_mlp``) under the same actions, as ``"one_step_mlp"``."""
     config, agent = agent_from_run(run)
     model = model if model is not None else WorldModel.load(run / "checkpoint" / "model")
     data = EpisodeDataset.open(run / "data", task=config.task)
@@ -93,33 +161,21 @@ def measure(run: Path, starts: int, seed: int, model: WorldModel | None = None) 
     critic = agent.critic if config.guide in ("eag", "sag") else None
     dream: Imagined = imagine(model, s0, agent.actor, critic, guide=config.guide, alpha=config.alpha, generator=gen)
     oracle = OracleWorldModel(config.task)
-    real_states, real_rewards, real_done = replay(oracle, s0, dream.actions)
-    valid = alive_mask(real_done) & alive_mask(dream.terminations)
-    stats = data.statistics()
-    scale = torch.as_tensor(np.asarray(stats.obs_std), dtype=torch.float32)
-    state_rmse = ((dream.states - real_states) / scale).square().mean(-1).sqrt()  # B x (H+1)
-    with torch.no_grad():
-        adv_dream = advantages(dream.states, dream.rewards, agent.critic, dream.terminations, agent.config.gamma)
-        adv_real = advantages(real_states, real_rewards, agent.critic, real_done, agent.config.gamma)
-        gae_dream = gae_advantages(agent, dream.states, dream.rewards, dream.terminations)
-        gae_real = gae_advantages(agent, real_states, real_rewards, real_done)
-    g_dream = policy_gradient(agent, dream.states, dream.actions, gae_dream, valid)
-    g_real = policy_gradient(agent, real_states, dream.actions, gae_real, valid)
-    return_dream, return_real = (torch.where(valid, r, 0.0).sum(1) for r in (dream.rewards, real_rewards))
+    states, rewards, done = replay(oracle, s0, dream.actions)
+    real = Imagined(states=states, actions=dream.actions, rewards=rewards, terminations=done)
     oracle.close()
-    return {
-        "run": str(run), "task": config.task, "guide": config.guide, "dataset_steps": int(data.num_steps),
-        "state_rmse_z_per_step": [round(float(v), 4) for v in state_rmse.mean(0)[1:]],
-        "reward_mae_per_step": [round(float(v), 4) for v in (dream.rewards - real_rewards).abs().mean(0)],
-        "reward_std_real": float(real_rewards[valid].std()),
-        "return_mean": {"dream": float(return_dream.mean()), "real": float(return_real.mean())},
-        "return_corr": corr(return_dream, return_real),
-        "advantage_corr": corr(adv_dream[valid], adv_real[valid]),
-        "advantage_sign_agreement": float(((adv_dream > 0) == (adv_real > 0))[valid].double().mean()),
-        "gae_advantage_corr": corr(gae_dream[valid], gae_real[valid]),
-        "policy_gradient_cosine": float(torch.nn.functional.cosine_similarity(g_dream, g_real, dim=0)),
-        "action_saturation": float((dream.actions.abs() >= 1.0).double().mean()),
-    }  # fmt: skip
+    scale = torch.as_tensor(np.asarray(data.statistics().obs_std), dtype=torch.float32)
+    row: dict[str, object] = {"run": str(run), "task": config.task, "guide": config.guide, "dataset_steps": int(data.num_steps),
+                              "world_model": {k: v for k, v in model.config.to_dict().items() if k in ("dynamics_prior", "delta_states", "anchor_states")}}  # fmt: skip
+    row |= gap(agent, dream, real, scale)
+    row["action_saturation"] = float((dream.actions.abs() >= 1.0).double().mean())
+    if mlp_updates:
+        start = time.perf_counter()
+        prior, norm = fit_one_step_mlp(data, model.task, model.config.horizon, mlp_updates, seed)
+        seconds = time.perf_counter() - start
+        guess = mlp_segments(prior, norm, model.task, s0, dream.actions)
+        row["one_step_mlp"] = {"updates": mlp_updates, "fit_seconds": seconds} | gap(agent, guess, real, scale)
+    return row
 
 
 def refits(run: Path, updates: list[int], overrides: dict[str, int], starts: int, seed: int) -> list[dict[str, object]]:
@@ -156,6 +212,8 @@ def main() -> None:
     parser.add_argument("--name", default="oracle_gap", help="result file benchmarks/results/<name>.json")
     parser.add_argument("--fit-updates", type=int, nargs="*", default=[],
                         help="instead of the run's model: a fresh cpu-preset model fit on the run's data, measured at these update counts")
+    parser.add_argument("--mlp-updates", type=int, default=0,
+                        help="also measure a one-step MLP (agd_envs/dynamics_prior.py alone) fit for this many updates on the run's data")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=JSON",
                         help="with --fit-updates: WorldModelConfig overrides of the fresh model, e.g. width=512 delta_states=true")
     args = parser.parse_args()
@@ -164,7 +222,7 @@ def main() -> None:
         overrides = dict(parse_override(item) for item in args.set)
         rows = [row for run in args.runs for row in refits(run, args.fit_updates, overrides, args.starts, args.seed)]
     else:
-        rows = [measure(run, args.starts, args.seed) for run in args.runs]
+        rows = [measure(run, args.starts, args.seed, mlp_updates=args.mlp_updates) for run in args.runs]
     write_result(args.name, {"starts": args.starts, "runs": rows})
 
 

@@ -1,0 +1,112 @@
+"""A one-step dynamics prior that the denoiser corrects (``WorldModelConfig.dynamics_prior``).
+
+Why: on a CPU budget the joint-segment denoiser learns how a segment looks but barely how each action
+moves the next state. Measured on a HalfCheetah run (benchmarks/oracle_gap.py, its 60k transitions and
+final policy): the `cpu` diffusion model's per-step advantages correlate 0.07 with the simulator's
+(sign agreement 51%), while a one-step MLP trained for 40 s on the same data reaches 0.85 (82%).
+
+How: ``DynamicsPrior`` is that MLP, [s_t, a_t] -> (s_{t+1} - s_t, r_t) in normalized units, trained on
+the batch's real transitions beside the denoiser (teacher forced, as MBPO-style models are).
+``PriorResidualDenoiser`` rolls it out over the segment from the known states with the actions the
+denoiser is given, feeds that rollout to the denoiser as extra input, and adds it to the denoiser's
+output: the x0 estimate is prior + learned correction. Everything else (inpainting, policy-guided
+actions, the guides' gradient on the states of the x0 estimate) is unchanged; the prior's rollout is
+a constant of the noisy input (it depends on known entries only), so it takes no gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from agd_envs.denoiser import SegmentDenoiser
+from agd_envs.segments import SegmentLayout
+
+
+LOSS_FRACTION_INV = 4
+"""The prior's loss uses one segment in this many of each training batch (``DynamicsPrior.loss``)."""
+
+
+class DynamicsPrior(nn.Module):
+    """MLP ``[s_t, a_t * known_t, known_t]`` (normalized) -> next state and reward (normalized).
+
+    The state output is the change ``s_{t+1} - s_t`` in z-units, itself z-scored with ``change_mean`` /
+    ``change_std`` (buffers, set by ``fit_moments``), so every dimension's change is learned at unit scale.
+    """
+
+    def __init__(self, layout: SegmentLayout, width: int = 256, depth: int = 3) -> None:
+        super().__init__()
+        self.layout = layout
+        obs_dim, act_dim = layout.obs_dim, layout.act_dim
+        layers: list[nn.Module] = []
+        size = obs_dim + act_dim + 1
+        for _ in range(depth):
+            layers += [nn.Linear(size, width), nn.SiLU()]
+            size = width
+        layers.append(nn.Linear(size, obs_dim + 1))
+        self.net = nn.Sequential(*layers)
+        self.register_buffer("change_mean", torch.zeros(obs_dim))
+        self.register_buffer("change_std", torch.ones(obs_dim))
+
+    @torch.no_grad()
+    def fit_moments(self, changes: Tensor, min_std: float = 1e-6) -> None:
+        """Set the change statistics from ``N x S`` one-step changes of normalized states."""
+        self.change_mean.copy_(changes.mean(0))
+        self.change_std.copy_(changes.std(0).clamp_min(min_std))
+
+    def forward(self, states: Tensor, actions: Tensor, known: Tensor) -> tuple[Tensor, Tensor]:
+        """``... x S`` states, ``... x A`` actions with ``...`` bool mask -> (``... x S`` next states, ``...`` rewards)."""
+        mask = known.to(states.dtype)[..., None]
+        out = self.net(torch.cat([states, actions * mask, mask], dim=-1))
+        change = out[..., :-1] * self.change_std + self.change_mean
+        return states + change, out[..., -1]
+
+    def rollout(self, states: Tensor, state_known: Tensor, actions: Tensor, action_known: Tensor) -> tuple[Tensor, Tensor]:
+        """Segment ``B x (H+1) x S`` (rows where ``state_known`` ``B x (H+1)`` are kept, the rest predicted step by
+        step from the previous row), actions ``B x H x A`` with mask ``B x H`` -> (states, rewards ``B x H``)."""
+        rows, rewards = [states[:, 0]], []
+        for t in range(actions.shape[1]):
+            predicted, reward = self(rows[-1], actions[:, t], action_known[:, t])
+            rows.append(torch.where(state_known[:, t + 1, None], states[:, t + 1], predicted))
+            rewards.append(reward)
+        return torch.stack(rows, dim=1), torch.stack(rewards, dim=1)
+
+    def loss(self, states: Tensor, actions: Tensor, rewards: Tensor) -> Tensor:
+        """Teacher-forced one-step MSE on real normalized segments ``B x (H+1) x S``, ``B x H x A``, ``B x H`` (scalar).
+
+        Only the first ``ceil(B / LOSS_FRACTION_INV)`` segments are used: the prior is ~3x the cpu denoiser's
+        cost per transition, and a quarter of the batch's transitions is already 10x the data per update on
+        which a one-step MLP alone reached the figures in the module docstring.
+        """
+        n = -(-states.shape[0] // LOSS_FRACTION_INV)
+        states, actions, rewards = states[:n], actions[:n], rewards[:n]
+        flat = lambda x: rearrange(x, "b h ... -> (b h) ...")  # noqa: E731
+        s, a = flat(states[:, :-1]), flat(actions)
+        predicted, reward = self(s, a, torch.ones(s.shape[0], dtype=torch.bool, device=s.device))
+        state_error = (predicted - flat(states[:, 1:])) / self.change_std
+        return state_error.square().mean() + (reward - flat(rewards)).square().mean()
+
+
+class PriorResidualDenoiser(nn.Module):
+    """``SegmentDenoiser`` whose output is added to the prior's rollout, which it also sees as input (module docstring)."""
+
+    def __init__(self, layout: SegmentLayout, denoiser: SegmentDenoiser, prior: DynamicsPrior) -> None:
+        super().__init__()
+        self.layout = layout
+        self.denoiser = denoiser
+        self.prior = prior
+
+    def prior_segment(self, x: Tensor, actions: Tensor, action_mask: Tensor, known_mask: Tensor) -> Tensor:
+        """``B x Dx``: the prior's rollout from the known state rows of ``x`` (known entries clean) under the actions."""
+        layout = self.layout
+        states = layout.unpack(x)[0]
+        state_known = layout.unpack(known_mask)[0][..., 0]  # B x (H+1): a row is known as a whole
+        with torch.no_grad():
+            states, rewards = self.prior.rollout(states, state_known, actions, action_mask)
+        return layout.pack(states, rewards)
+
+    def forward(self, x_t: Tensor, t: Tensor, actions: Tensor, action_mask: Tensor, known_mask: Tensor) -> Tensor:
+        """As ``SegmentDenoiser.forward``; ``x_t`` must hold the clean known entries (WorldModel.predict_x0 does so)."""
+        prior = self.prior_segment(x_t, actions, action_mask, known_mask)
+        return prior + self.denoiser(x_t, t, actions, action_mask, known_mask, context=prior)
