@@ -45,7 +45,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Callable
 
 import gymnasium
 import mujoco
@@ -55,7 +55,7 @@ from einops import rearrange
 from torch import Tensor
 
 from agd_envs.guides import Critic, advantages
-from agd_envs.sampling import Actor, Imagined, _policy
+from agd_envs.sampling import Actor, Imagined, Simulator, _policy  # Simulator: re-exported for older imports
 from agd_envs.segments import SegmentLayout
 from agd_envs.tasks import Task, get_task
 
@@ -87,24 +87,6 @@ RESTORERS: dict[str, Restore] = {
     "Reacher": reacher_state,
 }
 """Per task name: how an observation becomes the simulator state."""
-
-
-@runtime_checkable
-class Simulator(Protocol):
-    """A world model that imagines by simulation, not by denoising (``imagine`` calls its ``rollout``)."""
-
-    def rollout(
-        self,
-        s0: Tensor,
-        actor: Actor,
-        horizon: int | None = None,
-        generator: torch.Generator | None = None,
-        *,
-        critic: Critic | None = None,
-        gamma: float = 0.99,
-    ) -> Imagined:
-        """H-step segments from start states ``s0`` ``B x S`` with actions from ``actor``."""
-        ...
 
 
 @dataclass

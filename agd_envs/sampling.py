@@ -76,7 +76,7 @@ then per step the move's noise (eta > 0, not the last step) and, for grad, the a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Protocol
+from typing import Any, Callable, Literal, Protocol, runtime_checkable
 
 import torch
 from einops import rearrange
@@ -475,8 +475,27 @@ def sample(
     return Imagined(states=states, actions=acts.real, rewards=rewards, terminations=terminations, advantages=adv)
 
 
+@runtime_checkable
+class Simulator(Protocol):
+    """A world model that imagines by simulation, not by denoising (``imagine`` calls its ``rollout``;
+    agd_envs.oracle.OracleWorldModel satisfies it)."""
+
+    def rollout(
+        self,
+        s0: Tensor,
+        actor: Actor,
+        horizon: int | None = None,
+        generator: torch.Generator | None = None,
+        *,
+        critic: Critic | None = None,
+        gamma: float = 0.99,
+    ) -> Imagined:
+        """H-step segments from start states ``s0`` ``B x S`` with actions from ``actor``."""
+        ...
+
+
 def imagine(
-    model: Denoiser,
+    model: Denoiser | Simulator,
     s0: Tensor,
     actor: Actor,
     critic: Critic | None = None,
@@ -495,8 +514,6 @@ def imagine(
     :param alpha: guide scale (default ``model.task.guide_scale``). Other arguments as in ``sample``.
     A ``Simulator`` (agd_envs.oracle.OracleWorldModel) rolls the segments out instead (guide ``none`` only).
     """
-    from agd_envs.oracle import Simulator  # not at the top: agd_envs.oracle imports this module
-
     if isinstance(model, Simulator):
         name = get_guide(guide).name
         if name != "none":

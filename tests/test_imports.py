@@ -11,10 +11,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("agd_envs", "agents")
-PENDING_EDGES = {("agd_envs.sampling", "agd_envs.oracle")}
-"""Imports left out of the graph until their fix lands, each a known cycle: ``sampling.imagine`` imports
-``oracle.Simulator`` (lazily) while oracle imports sampling's ``Imagined``/``Actor``. Fix: declare the
-Simulator protocol in sampling.py beside ``imagine``, its one user; then empty this set."""
+PENDING_EDGES: set[tuple[str, str]] = set()
+"""Imports left out of the graph until their fix lands, each a known cycle (none now)."""
 
 
 def module_names() -> dict[str, Path]:
