@@ -55,7 +55,7 @@ from einops import rearrange
 from torch import Tensor
 
 from agd_envs.guides import Critic, advantages
-from agd_envs.sampling import Actor, Imagined, Simulator, _policy  # Simulator: re-exported for older imports
+from agd_envs.sampling import Actor, Imagined, Simulator, policy_moments  # Simulator: re-exported for older imports
 from agd_envs.segments import SegmentLayout
 from agd_envs.tasks import Task, get_task
 
@@ -202,7 +202,7 @@ class OracleWorldModel:
         alive = np.ones(batch, dtype=bool)
         for t in range(horizon):
             state_t = self._tensor(states[:, t], dtype)
-            mean, std = _policy(actor, rearrange(state_t, "b s -> b 1 s"))
+            mean, std = policy_moments(actor, rearrange(state_t, "b s -> b 1 s"))
             actions[:, t] = mean[:, 0] if std is None else mean[:, 0] + std[:, 0] * xi[:, t]
             executed = actions[:, t].clamp(self.task.action_low, self.task.action_high).cpu().double().numpy()
             states[:, t + 1] = states[:, t]  # held where the segment has terminated

@@ -1,9 +1,9 @@
 """Reverse diffusion over trajectory segments: inpainting, policy-guided actions, value guides.
 
-``sample`` turns noise into segments ``[s_0..s_H | r_0..r_{H-1}]`` given a ``Conditioning`` (known
-states, rewards and actions in real units) and returns an ``Imagined`` batch in real units;
-``imagine`` is the paper's Algorithm 2 (joint segments from real s_0, actions from the policy, an
-advantage guide).
+``sample`` turns noise into segments ``[s_0..s_H | r_0..r_{H-1}]`` given a ``Conditioning``
+(agd_envs/conditioning.py: known states, rewards and actions in real units) and returns an
+``Imagined`` batch in real units; ``imagine`` is the paper's Algorithm 2 (joint segments from real
+s_0, actions from the policy, an advantage guide).
 
 Reverse process. x_T ~ N(0, I); known entries are overwritten with their clean normalized values at
 the start, in every x0 estimate and in every x_t. The sampler visits ``sampling_steps(N, steps)`` and
@@ -37,7 +37,7 @@ still guides deterministic DDIM, where Sigma = 0. Two estimates of Cov[x0 | x_t]
   +10-35% per call over the x0 guide, benchmarks/sampling.py). The shift then also moves entries
   correlated with the guided ones (e.g. rewards correlated with states), as the tilt does.
 
-Relation to the reference code (AGD-MBRL, reference notes §3): it adds c * sigma_t^4 * G to the
+Relation to the reference code (AGD-MBRL's public code, polygrad/sampling/functions.py): it adds c * sigma_t^4 * G to the
 normalized state part of x0_hat (sigma_t^2 the DDPM posterior variance, c = 2..4 hard-coded, G taken
 from a critic fed normalized states). That is our update with a step-dependent
 alpha_t = c sigma_t^4 / (1 - ab_t): for c = 4, N = 128, tau = 1 it is 8e-5 at t = 1, 4.5e-3 at
@@ -83,6 +83,7 @@ from einops import rearrange
 from torch import Tensor
 from torch.distributions import Distribution
 
+from agd_envs.conditioning import Conditioning, ControlFn, Known
 from agd_envs.diffusion import NoiseSchedule, sampling_steps, step_to
 from agd_envs.guides import (
     Critic,
@@ -123,42 +124,6 @@ class Denoiser(Protocol):
 
 
 @dataclass
-class Conditioning:
-    """What is known about each segment, in real units. ``B`` segments of horizon H.
-
-    The known pattern is a prefix: s_0..s_{k-1} and r_0..r_{k-2} (k = ``num_known_states``), and
-    a_0..a_{j-1} (j = ``num_known_actions``). Entries outside the prefix are ignored (may be NaN).
-    """
-
-    states: Tensor
-    """``B x (H+1) x S``; rows >= num_known_states are ignored."""
-    num_known_states: Tensor
-    """``B`` long in 1..H+1 (1 = only s_0: joint sampling)."""
-    actions: Tensor | None = None
-    """``B x H x A`` or None; entries >= num_known_actions are ignored."""
-    num_known_actions: Tensor | None = None
-    """``B`` long in 0..H; None means H when ``actions`` is given, else 0."""
-    rewards: Tensor | None = None
-    """``B x H`` or None; r_0..r_{k-2} are used (required when some k > 1)."""
-
-    @classmethod
-    def from_start(cls, s0: Tensor, actions: Tensor | None = None, horizon: int | None = None) -> "Conditioning":
-        """Joint sampling from s_0 ``B x S``: all H actions ``B x H x A`` given, or none (actor / masked)."""
-        if horizon is None:
-            if actions is None:
-                raise ValueError("Conditioning.from_start needs actions or horizon= (e.g. model.layout.horizon)")
-            horizon = int(actions.shape[1])
-        if actions is not None and actions.shape[1] != horizon:
-            raise ValueError(f"actions have {actions.shape[1]} steps but horizon={horizon}")
-        batch = s0.shape[0]
-        states = s0.new_zeros(batch, horizon + 1, s0.shape[-1])
-        states[:, 0] = s0
-        ones = torch.ones(batch, dtype=torch.long, device=s0.device)
-        num_actions = ones * (horizon if actions is not None else 0)
-        return cls(states=states, num_known_states=ones, actions=actions, num_known_actions=num_actions)
-
-
-@dataclass
 class Imagined:
     """A batch of imagined segments in real units."""
 
@@ -174,100 +139,13 @@ class Imagined:
     """``B x H``: A_t = r_t + gamma (1 - d_t) V(s_{t+1}) - V(s_t) from the critic, when one was given."""
 
 
-@dataclass
-class _Known:
-    """The conditioning resolved on the model's device and dtype."""
-
-    x: Tensor  # B x Dx normalized known values (0 elsewhere)
-    mask: Tensor  # B x Dx
-    states: Tensor  # B x (H+1) x S real, exact where state_rows
-    state_rows: Tensor  # B x (H+1)
-    rewards: Tensor  # B x H real
-    reward_known: Tensor  # B x H
-    actions: Tensor  # B x H x A real, exact where action_known (NaN elsewhere)
-    action_known: Tensor  # B x H
-
-    def inpaint(self, x: Tensor) -> Tensor:
-        return torch.where(self.mask, self.x, x)
-
-    def real_states(self, x: Tensor, normalizer: Normalizer, layout: SegmentLayout) -> Tensor:
-        """Real-unit states ``B x (H+1) x S`` of a normalized segment, known rows exactly as given."""
-        states = normalizer.decode_states(layout.unpack(x)[0])
-        return torch.where(self.state_rows[..., None], self.states, states)
-
-
-ControlFn = Callable[[Tensor], Tensor]
-"""``control(actions: B x H x A real) -> B x H``: the known part of each reward the model leaves out."""
-
-
 def _control_fn(model: Denoiser) -> ControlFn | None:
     """The model's ``control_rewards`` when it models rewards without their control term, else None."""
     config = getattr(model, "config", None)
     return model.control_rewards if getattr(config, "known_action_cost", False) else None  # type: ignore[attr-defined]
 
 
-def _prepare(
-    cond: Conditioning, layout: SegmentLayout, norm: Normalizer, device: Any, dtype: torch.dtype, control: ControlFn | None
-) -> _Known:
-    horizon, obs_dim, act_dim = layout.horizon, layout.obs_dim, layout.act_dim
-    states = cond.states.to(device=device, dtype=dtype)
-    if states.dim() != 3 or tuple(states.shape[1:]) != (horizon + 1, obs_dim):
-        raise ValueError(
-            f"Conditioning.states must be B x (H+1) x S = B x {horizon + 1} x {obs_dim} for this model, got "
-            f"{tuple(states.shape)}; for joint sampling use Conditioning.from_start(s0, horizon={horizon})"
-        )
-    batch = states.shape[0]
-
-    def counts(value: Tensor | None, name: str, low: int, high: int, default: int) -> Tensor:
-        if value is None:
-            return torch.full((batch,), default, dtype=torch.long, device=device)
-        value = torch.as_tensor(value, device=device).long().reshape(-1)
-        if value.shape != (batch,) or bool(((value < low) | (value > high)).any()):
-            raise ValueError(f"Conditioning.{name} must be {batch} integers in {low}..{high}, got {value.tolist()}")
-        return value
-
-    k = counts(cond.num_known_states, "num_known_states", 1, horizon + 1, 1)
-    j = counts(cond.num_known_actions, "num_known_actions", 0, horizon, horizon if cond.actions is not None else 0)
-    if cond.actions is None:
-        if bool((j > 0).any()):
-            raise ValueError("Conditioning.num_known_actions > 0 but actions is None; pass the actions")
-        actions = torch.zeros(batch, horizon, act_dim, device=device, dtype=dtype)
-    else:
-        actions = cond.actions.to(device=device, dtype=dtype)
-        if tuple(actions.shape) != (batch, horizon, act_dim):
-            raise ValueError(
-                f"Conditioning.actions must be {batch} x {horizon} x {act_dim}, got {tuple(actions.shape)}"
-            )
-    if cond.rewards is None:
-        if bool((k > 1).any()):
-            raise ValueError("Conditioning.rewards is required when num_known_states > 1 (r_0..r_{k-2} are known)")
-        rewards = torch.zeros(batch, horizon, device=device, dtype=dtype)
-    else:
-        rewards = cond.rewards.to(device=device, dtype=dtype)
-        if tuple(rewards.shape) != (batch, horizon):
-            raise ValueError(f"Conditioning.rewards must be {batch} x {horizon}, got {tuple(rewards.shape)}")
-
-    mask = layout.known_mask(k)
-    state_rows = torch.arange(horizon + 1, device=device)[None, :] < k[:, None]
-    reward_known = torch.arange(horizon, device=device)[None, :] < (k[:, None] - 1)
-    action_known = layout.action_mask(j)
-    # torch.where, not multiplication: ignored entries may hold NaN.
-    states = torch.where(state_rows[..., None], states, torch.zeros_like(states))
-    rewards = torch.where(reward_known, rewards, torch.zeros_like(rewards))
-    modelled = rewards
-    if control is not None:  # the network sees r_t minus the control term of a_t
-        if bool((reward_known & ~action_known).any()):
-            raise ValueError(
-                "Conditioning: this model (known_action_cost) needs the action a_t of every known reward r_t; "
-                "pass num_known_actions >= num_known_states - 1"
-            )
-        modelled = rewards - torch.where(reward_known, control(actions), torch.zeros_like(rewards))
-    x = torch.where(mask, layout.pack(norm.encode_states(states), norm.normalize_rewards(modelled)), 0.0)
-    actions = torch.where(action_known[..., None], actions, torch.full_like(actions, float("nan")))
-    return _Known(x, mask, states, state_rows, rewards, reward_known, actions, action_known)
-
-
-def _policy(actor: Actor, states: Tensor) -> tuple[Tensor, Tensor | None]:
+def policy_moments(actor: Actor, states: Tensor) -> tuple[Tensor, Tensor | None]:
     """(mean, std or None) of the policy at real states ``B x H x S`` -> ``B x H x A`` each."""
     out = call_net(actor, rearrange(states, "b h s -> (b h) s"))
     if isinstance(out, Distribution):
@@ -290,7 +168,7 @@ class _Actions:
 
     def __init__(
         self,
-        known: _Known,
+        known: Known,
         norm: Normalizer,
         actor: Actor | None,
         mode: str,
@@ -329,7 +207,7 @@ class _Actions:
         return torch.where(self.mask, values, torch.zeros_like(values))
 
     def _draw(self, states: Tensor) -> Tensor:
-        mean, std = _policy(self.actor, states)  # type: ignore[arg-type]
+        mean, std = policy_moments(self.actor, states)  # type: ignore[arg-type]
         return mean if std is None else mean + std * self.xi
 
     def update(self, states: Tensor, variance: Tensor, last: bool) -> None:
@@ -340,7 +218,7 @@ class _Actions:
         if self.mode == "reparam":
             new = self._draw(s)
         else:
-            mean, std = _policy(self.actor, s)  # type: ignore[arg-type]
+            mean, std = policy_moments(self.actor, s)  # type: ignore[arg-type]
             if std is None:
                 new = mean
             else:
@@ -422,7 +300,7 @@ def sample(
     layout, norm, schedule = model.layout, model.normalizer, model.schedule
     device, dtype = norm.obs_mean.device, norm.obs_mean.dtype
     control = _control_fn(model)
-    known = _prepare(cond, layout, norm, device, dtype, control)
+    known = cond.resolve(layout, norm, device, dtype, control)
     batch = known.x.shape[0]
     times = sampling_steps(schedule.num_steps, default_steps(model, steps))
     x = known.inpaint(torch.randn(batch, layout.x_dim, generator=generator, device=device, dtype=dtype))
