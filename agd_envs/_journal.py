@@ -16,6 +16,12 @@ acknowledged only after its bytes are in the page cache, which survives a SIGKIL
 
 ``commit`` never modifies the live HDF5 file: it copies it, appends groups to the copy, fsyncs it and
 ``os.replace``-s it over the old one (atomic on POSIX), then writes metadata.json the same way.
+
+HDF5 keeps no checksums of its data, so each episode group we write carries ``agd_crc32`` (the CRC32 of
+its seed, its arrays' shapes and bytes, :func:`episode_crc`), which readers verify. A dataset created by
+this version says so in metadata.json (``agd_episode_crc32``), and then a group without one is an error
+too: one flipped bit in a group's header can drop all its attributes. Minari's own files and older ones
+have no checksums. Every h5py failure while reading surfaces as DatasetError naming the file.
 """
 
 from __future__ import annotations
@@ -26,9 +32,10 @@ import re
 import shutil
 import struct
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import h5py
 import numpy as np
@@ -51,6 +58,10 @@ _PREFIX_SIZE = len(_MAGIC) + _LENGTHS.size + _CRC.size
 _JOURNAL_VERSION = 1
 _ALLOWED_DTYPES = {"<f4", "<f8", ">f4", ">f8", "|b1"}
 _GROUP_RE = re.compile(r"episode_(\d+)")
+CRC_ATTRIBUTE = "agd_crc32"
+CRC_METADATA_KEY = "agd_episode_crc32"
+"""metadata.json flag: every episode group of main_data.hdf5 carries ``CRC_ATTRIBUTE``."""
+_DAMAGED = "The file is damaged; restore it from a copy, or delete the dataset directory and collect again."
 
 
 class DatasetError(ValueError):
@@ -232,6 +243,26 @@ def remove_temp_files(data_dir: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def episode_crc(record: Record) -> int:
+    """CRC32 of an episode as stored: its seed and array shapes, then the arrays' little-endian bytes."""
+    crc = zlib.crc32(json.dumps([record.seed, [list(record.arrays[key].shape) for key in KEYS]]).encode())
+    for key in KEYS:
+        array = record.arrays[key]
+        crc = zlib.crc32(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes(), crc)
+    return crc
+
+
+@contextmanager
+def reading(path: Path) -> Iterator[None]:
+    """Turn any h5py failure inside the block (a damaged file) into DatasetError naming ``path``."""
+    try:
+        yield
+    except DatasetError:
+        raise
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
+        raise DatasetError(f"{path}: reading it failed ({type(e).__name__}: {e}). {_DAMAGED}") from None
+
+
 def _write_group(f: h5py.File, record: Record) -> None:
     # Hopper's random episodes are ~20 steps, so per-episode HDF5 bookkeeping dominates collection
     # cost; h5py's low-level dataset and attribute creation is ~2x faster than create_dataset and
@@ -239,7 +270,9 @@ def _write_group(f: h5py.File, record: Record) -> None:
     # which we therefore skip).
     gid = f.create_group(f"episode_{record.index}").id
     scalar = h5py.h5s.create(h5py.h5s.SCALAR)
-    for name, value in (("id", record.index), ("seed", record.seed), ("total_steps", record.num_steps)):
+    attributes = (("id", record.index), ("seed", record.seed), ("total_steps", record.num_steps),
+                  (CRC_ATTRIBUTE, episode_crc(record)))
+    for name, value in attributes:
         if value is not None:
             h5py.h5a.create(gid, name.encode(), h5py.h5t.STD_I64LE, scalar).write(np.asarray(value, dtype=np.int64))
     for key in KEYS:
@@ -263,7 +296,7 @@ def commit(data_dir: Path, records: Sequence[Record], metadata: dict[str, Any]) 
         tmp = data_dir / f".{MAIN_FILE}.tmp-{os.getpid()}"
         try:
             shutil.copyfile(main, tmp)
-            with h5py.File(tmp, "r+") as f:
+            with reading(main), h5py.File(tmp, "r+") as f:
                 for record in records:
                     _write_group(f, record)
             fsync_path(tmp)
@@ -330,11 +363,8 @@ def _open_hdf5(path: Path) -> h5py.File:
             f"{path}: missing. A dataset directory needs {MAIN_FILE} next to {METADATA_FILE}; "
             "restore it or delete the directory and collect again."
         ) from None
-    except OSError as e:
-        raise DatasetError(
-            f"{path}: not a readable HDF5 file ({e}). Restore it from a copy or delete the dataset "
-            "directory and collect again."
-        ) from None
+    except (OSError, RuntimeError, ValueError) as e:
+        raise DatasetError(f"{path}: not a readable HDF5 file ({type(e).__name__}: {e}). {_DAMAGED}") from None
 
 
 def _episode_count(f: h5py.File, path: Path) -> int:
@@ -343,8 +373,9 @@ def _episode_count(f: h5py.File, path: Path) -> int:
         match = _GROUP_RE.fullmatch(name)
         if match is None:
             raise DatasetError(
-                f"{path}: has a top-level entry {name!r}; Minari's layout holds only groups "
-                "episode_0, episode_1, ... Write datasets with agd_envs.datasets.DatasetWriter."
+                f"{path}: has a top-level entry {name!r}; Minari's layout holds only groups episode_0, "
+                "episode_1, ... Either another tool wrote the file (write datasets with agd_envs.datasets."
+                "DatasetWriter) or it is damaged: restore it from a copy."
             )
         indices.add(int(match.group(1)))
     if indices != set(range(len(indices))):
@@ -358,27 +389,36 @@ def _episode_count(f: h5py.File, path: Path) -> int:
 
 def count_committed(path: Path, start: int) -> tuple[int, int]:
     """(episodes in the HDF5 file, steps of the episodes with index >= ``start``)."""
-    with _open_hdf5(path) as f:
+    with _open_hdf5(path) as f, reading(path):
         count = _episode_count(f, path)
         steps = sum(int(f[f"episode_{i}/rewards"].shape[0]) for i in range(start, count))
     return count, steps
 
 
-def read_committed(path: Path) -> list[Record]:
-    """Every episode of a Minari-layout HDF5 file (infos and other extras are ignored)."""
+def read_committed(path: Path, require_crc: bool = False) -> list[Record]:
+    """Every episode of a Minari-layout HDF5 file, CRCs verified (infos and other extras are ignored)."""
     records = []
-    with _open_hdf5(path) as f:
+    with _open_hdf5(path) as f, reading(path):
         for i in range(_episode_count(f, path)):
             group = f[f"episode_{i}"]
-            try:
-                arrays = {key: group[key][()] for key in KEYS}
-            except KeyError as e:
+            missing = [key for key in KEYS if key not in group]
+            if missing:
                 raise DatasetError(
-                    f"{path}: episode_{i} lacks a dataset ({e}); each episode needs {', '.join(KEYS)}. "
-                    "The file is not in Minari's layout or is damaged."
-                ) from None
+                    f"{path}: episode_{i} lacks {', '.join(missing)}; each episode needs {', '.join(KEYS)}. Either "
+                    f"the file is not in Minari's layout or it is damaged; restore it from a copy, or delete the "
+                    f"dataset directory and collect again."
+                )
             seed = group.attrs.get("seed")
             if isinstance(seed, (bytes, str)) or seed is None:  # older Minari wrote the string "None"
                 seed = None
-            records.append(Record(i, int(seed) if seed is not None else None, arrays))
+            record = Record(i, int(seed) if seed is not None else None, {key: group[key][()] for key in KEYS})
+            crc = group.attrs.get(CRC_ATTRIBUTE)
+            if crc is None and require_crc:
+                raise DatasetError(
+                    f"{path}: episode_{i} has no {CRC_ATTRIBUTE} although {METADATA_FILE} says every episode "
+                    f"carries one. {_DAMAGED}"
+                )
+            if crc is not None and int(crc) != episode_crc(record):
+                raise DatasetError(f"{path}: episode_{i} fails its {CRC_ATTRIBUTE} check. {_DAMAGED}")
+            records.append(record)
     return records

@@ -64,6 +64,7 @@ _MINARI_VERSION = "0.5.0"  # the oldest 0.5 release: every Minari 0.5.x lists it
 _NAMESPACE = "agd"
 _ID_RE = re.compile(r"(?:[-\w][-\w/]*[-\w]+/)?[-\w]+-v\d+")  # Minari's id grammar, version required
 _PathLike = str | os.PathLike[str]
+_DTYPE_KINDS = {"observations": "f", "actions": "f", "rewards": "f", "terminations": "b", "truncations": "b"}
 COMMIT_SECONDS = 2.0
 """Default ``checkpoint_seconds``: what Minari sees (main_data.hdf5) lags the journal by about this much.
 Measured (benchmarks/results/commit_cost.json): a commit of 10 Hopper episodes costs 12 ms at 20k steps
@@ -239,6 +240,7 @@ def _new_metadata(task: Task, obs_dtype: np.dtype, dataset_id: str, policy: str,
         "env_spec": gym.spec(task.env_id).to_json(), "dataset_size": 0.0, "dataset_id": dataset_id,
         "author": [author], "algorithm_name": policy, "description": description,
         "minari_version": _MINARI_VERSION, "agd_schema_version": SCHEMA_VERSION, "agd_task": task.name,
+        J.CRC_METADATA_KEY: True,
     }
 
 
@@ -283,7 +285,8 @@ def _infer_task(metadata: dict[str, Any], where: Path, task: str | Task | None) 
     if obs_shape not in (None, (result.obs_dim,)) or act_shape not in (None, (result.act_dim,)):
         raise DatasetError(
             f"{where}: observation/action shapes {obs_shape}/{act_shape} do not match {result.name} "
-            f"({result.obs_dim}/{result.act_dim}). This dataset is for another environment."
+            f"({result.obs_dim}/{result.act_dim}): the dataset is for another environment, or its "
+            f"{J.METADATA_FILE} is damaged (restore it from a copy)."
         )
     return result
 
@@ -516,6 +519,12 @@ class _Store:
                     f"{where}: episode {r.index} has shapes {[g for g, _ in shapes]}, expected "
                     f"{[w for _, w in shapes]} for {task.name} (n={n}). The file is damaged or not for this task."
                 )
+            dtypes = {key: r.arrays[key].dtype.str for key in J.KEYS}
+            if any(r.arrays[key].dtype.kind != kind for key, kind in _DTYPE_KINDS.items()):
+                raise DatasetError(
+                    f"{where}: episode {r.index} has dtypes {dtypes}, expected float arrays and bool flags: the "
+                    "file is damaged or not a Minari dataset. Restore it from a copy, or collect the data again."
+                )
         empty = {"observations": np.zeros((0, task.obs_dim), obs_dtype),
                  "actions": np.zeros((0, task.act_dim), np.float32), "rewards": np.zeros(0, np.float64),
                  "terminations": np.zeros(0, bool), "truncations": np.zeros(0, bool)}
@@ -559,7 +568,7 @@ class EpisodeDataset:
         the_task = _infer_task(metadata, data_dir, task)
         # The journal first: a concurrent commit only moves records from it into the HDF5 file.
         journal = J.read_journal(data_dir / J.JOURNAL_FILE)
-        records = J.read_committed(data_dir / J.MAIN_FILE)
+        records = J.read_committed(data_dir / J.MAIN_FILE, require_crc=metadata.get(J.CRC_METADATA_KEY) is True)
         if len(records) < metadata["total_episodes"]:
             raise DatasetError(
                 f"{data_dir / J.MAIN_FILE}: holds {len(records)} episodes but {J.METADATA_FILE} lists "

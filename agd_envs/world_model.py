@@ -5,14 +5,18 @@ segment layout, the normalizer (buffers), the noise schedule, the denoiser netwo
 Sampling (agd_envs/sampling.py) and training (agd_envs/training.py, whose ``WorldModelTrainer`` owns the
 optimizer and the EMA update) live elsewhere and only use ``denoise`` and the attributes below.
 
-Checkpoint directory: ``config.json`` (``format_version``, task, config fields) and ``weights.pt``
+Checkpoint directory: ``config.json`` (``format_version``, task, config fields, checksums) and ``weights.pt``
 (a state_dict of plain tensors: network, EMA network, normalizer; loaded with ``weights_only=True``).
+``weights_sha256`` is the sha256 of weights.pt's bytes and ``config_sha256`` that of the effective config
+and the weights' digest, so flipped bits in either file raise CheckpointError instead of loading quietly.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +33,9 @@ from agd_envs.reward_head import RewardHead
 from agd_envs.segments import SegmentLayout
 from agd_envs.tasks import Task, get_task
 
-FORMAT_VERSION = 1
-"""Version written to ``config.json``; ``load`` refuses newer versions."""
+FORMAT_VERSION = 2
+"""Version written to ``config.json``; ``load`` refuses newer versions. 2: ``weights_sha256`` and
+``config_sha256``, which ``load`` verifies (version 1 checkpoints load unverified)."""
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.pt"
 
@@ -334,10 +339,14 @@ class WorldModel(nn.Module):
             "act_dim": self.task.act_dim,
             "config": self.config.to_dict(),
         }
-        state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
+        buffer = io.BytesIO()
+        torch.save({k: v.detach().cpu() for k, v in self.state_dict().items()}, buffer)
+        weights = buffer.getvalue()
+        meta["weights_sha256"] = hashlib.sha256(weights).hexdigest()
+        meta["config_sha256"] = _config_digest(self.config, meta["weights_sha256"])
         # Write to temporary names first so a crash never leaves a half-written checkpoint behind.
         tmp_weights, tmp_config = directory / (WEIGHTS_FILE + ".tmp"), directory / (CONFIG_FILE + ".tmp")
-        torch.save(state, tmp_weights)
+        tmp_weights.write_bytes(weights)
         tmp_config.write_text(json.dumps(meta, indent=2) + "\n")
         tmp_weights.replace(directory / WEIGHTS_FILE)
         tmp_config.replace(directory / CONFIG_FILE)
@@ -364,9 +373,11 @@ class WorldModel(nn.Module):
                 )
         try:
             meta = json.loads(config_path.read_text())
-            version = int(meta["format_version"])
+            version = meta["format_version"]
+            if isinstance(version, bool) or not isinstance(version, int):
+                raise TypeError(f"format_version {version!r} is not an int")
             config = WorldModelConfig.from_dict(meta["config"])
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as err:
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
             raise CheckpointError(
                 f"{config_path}: corrupt or incomplete config ({type(err).__name__}: {err}); re-save the model "
                 f"or re-run `agd fit`"
@@ -381,22 +392,55 @@ class WorldModel(nn.Module):
                 f"{directory}: checkpoint is for task {config.task!r}, not {get_task(task).name!r}; "
                 f"load the {get_task(task).name} model or pass task={config.task!r}"
             )
+        weights = weights_path.read_bytes()
         try:
-            state = torch.load(weights_path, map_location="cpu", weights_only=True)
+            state = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
         except Exception as err:  # torch raises pickle, zip and runtime errors for damaged files
             raise CheckpointError(
                 f"{weights_path}: cannot read the weights ({type(err).__name__}: {err}); the file is corrupt or "
                 f"truncated — re-save the model or re-run `agd fit`"
             ) from err
-        model = cls(config)
-        _check_state(model, state, weights_path)
+        try:
+            model = cls(config)
+        except (TypeError, ValueError) as err:  # values of the right keys but the wrong kind, e.g. width "32"
+            raise CheckpointError(
+                f"{config_path}: corrupt config, the model cannot be built from it ({type(err).__name__}: {err}); "
+                f"re-save the model or re-run `agd fit`"
+            ) from err
+        _check_state(model, state, weights_path)  # shape errors first: they say more than a checksum
+        if version >= 2:
+            _verify_checksums(meta, config, weights, config_path, weights_path)
         model.load_state_dict(state)
         return model.to(device)
 
 
+def _config_digest(config: WorldModelConfig, weights_sha256: str) -> str:
+    """sha256 of the effective config and the weights' digest; fields added later count only off their old default."""
+    fields = {k: v for k, v in config.to_dict().items() if k not in _ADDED_LATER or v != _ADDED_LATER[k]}
+    return hashlib.sha256(json.dumps([fields, weights_sha256], sort_keys=True).encode()).hexdigest()
+
+
+def _verify_checksums(meta: dict[str, Any], config: WorldModelConfig, weights: bytes, config_path: Path,
+                      weights_path: Path) -> None:
+    """Raise CheckpointError naming the file whose bytes differ from what ``save`` wrote."""
+    fix = "restore the checkpoint from a copy, or re-save the model (`agd fit`, WorldModel.save)"
+    recorded = meta.get("weights_sha256")
+    if not isinstance(recorded, str) or meta.get("config_sha256") != _config_digest(config, recorded):
+        raise CheckpointError(
+            f"{config_path}: its config or checksums differ from what WorldModel.save wrote (config_sha256 does "
+            f"not match): the file is damaged or was edited; {fix}"
+        )
+    actual = hashlib.sha256(weights).hexdigest()
+    if actual != recorded:
+        raise CheckpointError(
+            f"{weights_path}: sha256 {actual[:16]}... differs from the {recorded[:16]}... recorded in "
+            f"{CONFIG_FILE}: the weights are corrupt or truncated (flipped bits, an interrupted copy); {fix}"
+        )
+
+
 def _check_state(model: WorldModel, state: Any, path: Path) -> None:
     """Raise CheckpointError naming the first mismatching tensors between ``state`` and ``model``."""
-    fix = f"weights.pt does not match config.json (task {model.task.name}); save both from one model"
+    fix = f"weights.pt does not match config.json (task {model.task.name}); re-save both from one model"
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: not a state_dict ({type(state).__name__}); {fix}")
     expected = model.state_dict()
