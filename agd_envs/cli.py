@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -84,8 +86,13 @@ def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
     overrides = {k: v for k, v in vars(args).items() if k in _TRAIN_OVERRIDES and v is not None}
     if overrides.get("warm_start") == "none":
         overrides["warm_start"] = None  # TrainerConfig: prefill with random steps
+    from agd_envs.world_model import WorldModelConfig
+
+    model = dict(parse_field_value(item, WorldModelConfig) for item in args.model_set or [])
     if args.reward_head:
-        overrides["model"] = {"reward_head": True}
+        model["reward_head"] = True
+    if model:
+        overrides["model"] = model
     if args.agent:
         from agents.a2c import A2C_PRESETS
 
@@ -93,8 +100,21 @@ def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
-_DICT_FLAGS = {"model": "--reward-head", "a2c": "--agent"}
+_DICT_FLAGS = {"model": "--model-set/--reward-head", "a2c": "--agent"}
 """Flags that set entries of a TrainerConfig dict field rather than a field."""
+
+
+def parse_field_value(item: str, config: type) -> tuple[str, Any]:
+    """``FIELD=VALUE`` for a field of the dataclass ``config`` (VALUE read as JSON when it parses, e.g.
+    ``true``, ``512``, else as a string); an unknown field raises naming the known ones."""
+    known = {f.name for f in dataclasses.fields(config)} - {"task"}
+    field, sep, value = item.partition("=")
+    if not sep or field not in known:
+        raise ValueError(f"{item!r}: expected FIELD=VALUE with FIELD a {config.__name__} field, one of {sorted(known)}")
+    try:
+        return field, json.loads(value)
+    except json.JSONDecodeError:
+        return field, value
 
 
 def _resumed_config(config: "TrainerConfig", args: argparse.Namespace) -> "TrainerConfig":
@@ -103,7 +123,8 @@ def _resumed_config(config: "TrainerConfig", args: argparse.Namespace) -> "Train
     for key, value in given.items():
         saved = getattr(config, key)
         if key in _DICT_FLAGS:
-            differs, flag, shown = any(saved.get(k) != v for k, v in value.items()), _DICT_FLAGS[key], args.agent if key == "a2c" else ""
+            shown = args.agent if key == "a2c" else " ".join(args.model_set or [])
+            differs, flag = any(saved.get(k) != v for k, v in value.items()), _DICT_FLAGS[key]
         else:
             differs, flag, shown = saved != value, "--" + key.replace("_", "-"), value
         if differs:
@@ -209,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device")
     train.add_argument("--reward-head", dest="reward_head", action="store_true",
                        help="predict rewards with a per-transition head on (s, a, s') instead of the denoised entries")  # fmt: skip
+    train.add_argument("--model-set", dest="model_set", nargs="+", metavar="FIELD=VALUE",
+                       help="world-model config overrides on the preset, e.g. dynamics_prior=false anchor_states=true")
     train.add_argument("--plot", action="store_true", help="write learning_curve.png into the run directory")
     train.set_defaults(func=_train)
 

@@ -157,7 +157,23 @@ def test_cli_resume_names_a_flag_that_differs_from_the_saved_run(tmp_path: Path,
         with pytest.raises(SystemExit):
             agd_main(["train", "--out", str(tmp_path / "run"), "--resume", flag, value])
         assert f"{flag} {value} differs from the run's saved" in capsys.readouterr().err and saved
+    with pytest.raises(SystemExit):
+        agd_main(["train", "--out", str(tmp_path / "run"), "--resume", "--model-set", "width=64"])
+    assert "--model-set/--reward-head width=64 differs from the run's saved model = {" in capsys.readouterr().err
     assert (tmp_path / "run" / "progress.csv").read_text() == before  # nothing written
+
+
+def test_model_set_overrides_world_model_fields_and_names_unknown_ones(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from agd_envs.cli import _flag_overrides, build_parser
+
+    argv = ["train", "--task", "Reacher", "--out", "x", "--reward-head", "--model-set", "dynamics_prior=true", "width=64", "dtype=float32"]
+    assert _flag_overrides(build_parser().parse_args(argv))["model"] == {
+        "dynamics_prior": True, "width": 64, "dtype": "float32", "reward_head": True}  # fmt: skip
+    with pytest.raises(SystemExit):
+        agd_main(["train", "--task", "Reacher", "--out", str(tmp_path / "r"), "--model-set", "widht=64"])
+    err = capsys.readouterr().err
+    assert "'widht=64': expected FIELD=VALUE with FIELD a WorldModelConfig field" in err and "'width'" in err
+    assert not (tmp_path / "r").exists()
 
 
 def test_recent_start_states_come_from_the_newest_episodes() -> None:
