@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from agd_envs.normalization import Normalizer
-from agd_envs.segments import SegmentLayout
+from agd_envs.segments import SegmentLayout, decode_segment, encode_segment
 
 ControlFn = Callable[[Tensor], Tensor]
 """``control(actions: B x H x A real) -> B x H``: the known part of each reward the model leaves out."""
@@ -114,7 +114,7 @@ class Conditioning:
                     "pass num_known_actions >= num_known_states - 1"
                 )
             modelled = rewards - torch.where(reward_known, control(actions), torch.zeros_like(rewards))
-        x = torch.where(mask, layout.pack(norm.encode_states(states), norm.normalize_rewards(modelled)), 0.0)
+        x = torch.where(mask, encode_segment(layout, norm, states, modelled), 0.0)
         actions = torch.where(action_known[..., None], actions, torch.full_like(actions, float("nan")))
         return Known(x, mask, states, state_rows, rewards, reward_known, actions, action_known)
 
@@ -136,7 +136,8 @@ class Known:
         """``x`` ``B x Dx`` with the known entries overwritten by their clean normalized values."""
         return torch.where(self.mask, self.x, x)
 
-    def real_states(self, x: Tensor, normalizer: Normalizer, layout: SegmentLayout) -> Tensor:
-        """Real-unit states ``B x (H+1) x S`` of a normalized segment, known rows exactly as given."""
-        states = normalizer.decode_states(layout.unpack(x)[0])
-        return torch.where(self.state_rows[..., None], self.states, states)
+    def decode(self, x: Tensor, normalizer: Normalizer, layout: SegmentLayout) -> tuple[Tensor, Tensor]:
+        """Real-unit states ``B x (H+1) x S`` (known rows exactly as given) and modelled rewards ``B x H``
+        of a normalized segment ``B x Dx``."""
+        states, rewards = decode_segment(layout, normalizer, x)
+        return torch.where(self.state_rows[..., None], self.states, states), rewards

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from agd_envs.normalization import Normalizer
-from agd_envs.segments import SegmentLayout
+from agd_envs.segments import SegmentLayout, decode_segment
 from agd_envs.tasks import Task
 
 Critic = Callable[[Tensor], Tensor]
@@ -216,9 +216,9 @@ def segment_log_f(
     """
     guide.check_critic(critic)
     x = torch.where(guide.entry_mask(layout, x.device), x, x.detach())
-    states_z, rewards_z = layout.unpack(x)
-    states = normalizer.decode_states(states_z)
-    rewards = normalizer.unnormalize_rewards(rewards_z) if reward_fn is None else reward_fn(states)
+    states, rewards = decode_segment(layout, normalizer, x)
+    if reward_fn is not None:
+        rewards = reward_fn(states)
     if reward_offset is not None:
         rewards = rewards + reward_offset.detach()
     with torch.no_grad():

@@ -28,7 +28,7 @@ model, swapped into the env before it is stepped (``MujocoEnv.step`` reads only 
 ``data``): no model compile per segment (HalfCheetah's XML prints a warning per compile). All
 segments advance in lockstep, so the actor is called once per step on the whole batch. The executed
 action is the policy sample clipped to the task's bounds (what the collector sends to a real env);
-``Imagined.actions`` keeps the unclipped samples, as the diffusion sampler does. After a
+``SegmentBatch.actions`` keeps the unclipped samples, as the diffusion sampler does. After a
 termination (Hopper, Walker2d) a segment's sim is not stepped again: the remaining rows hold the
 terminal state with reward 0 and ``terminations`` True (the env's flag, made sticky; it equals
 ``task.terminated(states[:, 1:])`` except for Hopper's |qvel| > 100 rule, which only the env sees
@@ -54,8 +54,9 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
+from agd_envs.batch import SegmentBatch
 from agd_envs.guides import Critic, advantages
-from agd_envs.sampling import Actor, Imagined, Simulator, policy_moments  # Simulator: re-exported for older imports
+from agd_envs.sampling import Actor, Simulator, policy_moments  # Simulator: re-exported for older imports
 from agd_envs.segments import SegmentLayout
 from agd_envs.tasks import Task, get_task
 
@@ -178,7 +179,7 @@ class OracleWorldModel:
         *,
         critic: Critic | None = None,
         gamma: float = 0.99,
-    ) -> Imagined:
+    ) -> SegmentBatch:
         """H-step segments (default ``config.horizon``) from real start states ``s0`` ``B x S``.
 
         a_t = mean(s_t) + std(s_t) * xi_t for a distribution-valued ``actor`` (xi ``B x H x A`` drawn
@@ -212,7 +213,9 @@ class OracleWorldModel:
         terminations = self._tensor(np.logical_or.accumulate(terminated, axis=1), torch.bool)
         states_t, rewards_t = self._tensor(states, dtype), self._tensor(rewards, dtype)
         adv = None if critic is None else advantages(states_t, rewards_t, critic, terminations, gamma)
-        return Imagined(states=states_t, actions=actions, rewards=rewards_t, terminations=terminations, advantages=adv)
+        return SegmentBatch(
+            states=states_t, actions=actions, rewards=rewards_t, terminations=terminations, advantages=adv
+        )
 
     # ------------------------------------------------------------------ checkpoints (no weights)
     def state_dict(self) -> dict[str, Any]:

@@ -1,9 +1,9 @@
 """Reverse diffusion over trajectory segments: inpainting, policy-guided actions, value guides.
 
 ``sample`` turns noise into segments ``[s_0..s_H | r_0..r_{H-1}]`` given a ``Conditioning``
-(agd_envs/conditioning.py: known states, rewards and actions in real units) and returns an
-``Imagined`` batch in real units; ``imagine`` is the paper's Algorithm 2 (joint segments from real
-s_0, actions from the policy, an advantage guide).
+(agd_envs/conditioning.py: known states, rewards and actions in real units) and returns a
+``SegmentBatch`` in real units (agd_envs/batch.py); ``imagine`` is the paper's Algorithm 2 (joint
+segments from real s_0, actions from the policy, an advantage guide).
 
 Reverse process. x_T ~ N(0, I); known entries are overwritten with their clean normalized values at
 the start, in every x0 estimate and in every x_t. The sampler visits ``sampling_steps(N, steps)`` and
@@ -53,7 +53,7 @@ its training range). So any alpha (tested up to 1e3) and an exploding critic giv
 
 Actions (conditioning, never denoised; fed to the denoiser normalized). Caller-given actions (all or
 a prefix) are always kept. Without an actor the remaining actions are masked: the model marginalises
-over them (the closed-loop pattern) and ``Imagined.actions`` holds NaN there. With an actor, the
+over them (the closed-loop pattern) and ``SegmentBatch.actions`` holds NaN there. With an actor, the
 unknown a_t come from the policy at the current state estimate, as PolyGRAD intends. PolyGRAD
 takes one small gradient step a += g grad_a log pi(a | s_hat) per denoising step, which cannot
 converge in the 4-8 DDIM steps we use. Default (``action_guidance="reparam"``): a reparameterised
@@ -66,7 +66,7 @@ the prefix pattern the world model is trained on (agd_envs/training.py).
 mean +- 3 std, one step of size ``action_guidance_scale`` along grad log pi for a Gaussian policy,
 plus sqrt(Sigma_t) noise). An actor that returns a tensor is deterministic: a_t = actor(s_hat_t).
 The denoiser is conditioned on the actions clipped to the task's bounds -- what a v5 env executes and
-what the collector stores -- while ``Imagined.actions`` keeps the policy's unclipped samples, whose
+what the collector stores -- while ``SegmentBatch.actions`` keeps the policy's unclipped samples, whose
 log pi the actor-critic differentiates (as an agent does with the actions it sends to a real env).
 
 Random numbers, in order from ``generator``: x_T; then xi (reparam) or the initial actions (grad);
@@ -75,7 +75,6 @@ then per step the move's noise (eta > 0, not the last step) and, for grad, the a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable, Literal, Protocol, runtime_checkable
 
 import torch
@@ -83,6 +82,7 @@ from einops import rearrange
 from torch import Tensor
 from torch.distributions import Distribution
 
+from agd_envs.batch import SegmentBatch
 from agd_envs.conditioning import Conditioning, ControlFn, Known
 from agd_envs.diffusion import NoiseSchedule, sampling_steps, step_to
 from agd_envs.guides import (
@@ -123,20 +123,8 @@ class Denoiser(Protocol):
         ...
 
 
-@dataclass
-class Imagined:
-    """A batch of imagined segments in real units."""
-
-    states: Tensor
-    """``B x (H+1) x S``: s_0..s_H (known rows exactly as given)."""
-    actions: Tensor
-    """``B x H x A``: given, policy-sampled, or NaN where neither (the model marginalised over them)."""
-    rewards: Tensor
-    """``B x H``: r_t for the transition s_t -> s_{t+1}."""
-    terminations: Tensor
-    """``B x H`` bool: d_t = task.termination_fn(s_{t+1}) (not made sticky: mask after the first True)."""
-    advantages: Tensor | None = None
-    """``B x H``: A_t = r_t + gamma (1 - d_t) V(s_{t+1}) - V(s_t) from the critic, when one was given."""
+Imagined = SegmentBatch
+"""What ``sample`` and ``imagine`` return: the one segment batch type (the name older code imports)."""
 
 
 def _control_fn(model: Denoiser) -> ControlFn | None:
@@ -210,6 +198,12 @@ class _Actions:
         mean, std = policy_moments(self.actor, states)  # type: ignore[arg-type]
         return mean if std is None else mean + std * self.xi
 
+    def step(self, states: Tensor, t: int) -> Tensor:
+        """Real action a_t ``B x A`` at real states ``B x S``: the caller's where known, else the draw with this segment's xi_t."""
+        mean, std = policy_moments(self.actor, states[:, None])  # type: ignore[arg-type]
+        drawn = mean[:, 0] if std is None else mean[:, 0] + std[:, 0] * self.xi[:, t]  # type: ignore[index]
+        return torch.where(self.known.action_known[:, t, None], self.known.actions[:, t], drawn)
+
     def update(self, states: Tensor, variance: Tensor, last: bool) -> None:
         """Re-derive the unknown actions from the state estimate ``B x (H+1) x S`` (real units)."""
         if not self.active:
@@ -247,12 +241,15 @@ def _bounded(shift: Tensor, max_shift: float | None) -> Tensor:
     return finite_or_zero(shift)
 
 
+def _config_value(model: Denoiser, name: str, default: int) -> int:
+    """``model.config.<name>`` when the model has a config with that field, else ``default``."""
+    value = getattr(getattr(model, "config", None), name, None)
+    return int(value) if value is not None else default
+
+
 def default_steps(model: Denoiser, steps: int | None) -> int:
     """``steps``, else ``model.config.sampling_steps`` when the model has one, else all N steps."""
-    if steps is not None:
-        return int(steps)
-    config_steps = getattr(getattr(model, "config", None), "sampling_steps", None)
-    return int(config_steps) if config_steps is not None else model.schedule.num_steps
+    return int(steps) if steps is not None else _config_value(model, "sampling_steps", model.schedule.num_steps)
 
 
 @torch.no_grad()
@@ -272,7 +269,7 @@ def sample(
     max_shift: float | None = DEFAULT_MAX_SHIFT,
     action_guidance: Literal["reparam", "grad"] = "reparam",
     action_guidance_scale: float = 0.005,
-) -> Imagined:
+) -> SegmentBatch:
     """Sample segments given ``cond`` by guided reverse diffusion (see the module docstring).
 
     :param model: a ``Denoiser`` (e.g. WorldModel); its normalizer's device and dtype are used.
@@ -282,7 +279,7 @@ def sample(
     :param actor: policy for the unknown actions (None: they are masked).
     :param guide: ``none`` | ``reward`` | ``eag`` | ``sag`` or a Guide.
     :param critic: state-value critic ``obs[B, S] -> V[B]`` in real units (needed by eag/sag; also
-        gives ``Imagined.advantages``).
+        gives ``SegmentBatch.advantages``).
     :param alpha: guide scale; 1 is the Bayes tilt p(tau) f(tau) for unit-variance Gaussian data.
     :param gamma: discount of the advantage estimate.
     :param generator: torch generator on the model's device (same seed -> same samples on CPU).
@@ -306,6 +303,9 @@ def sample(
     x = known.inpaint(torch.randn(batch, layout.x_dim, generator=generator, device=device, dtype=dtype))
     bounds = (model.task.action_low, model.task.action_high)  # the denoiser sees what the env would execute
     acts = _Actions(known, norm, actor, action_guidance, action_guidance_scale, generator, bounds)
+    if acts.active and action_guidance == "reparam" and _config_value(model, "dynamics_prior", 0):
+        # Every action from the start, drawn along the dynamics prior's closed-loop rollout with the same xi.
+        acts.update(model.prior_rollout(known.states, known.state_rows, acts.step), torch.zeros(()), last=False)  # type: ignore[attr-defined]
     reward_fn = _reward_fn(model, acts)
     if reward_fn is not None:
         guide = guide.for_reward_model()
@@ -313,11 +313,11 @@ def sample(
     guide_kwargs: dict[str, Any] = dict(layout=layout, normalizer=norm, task=model.task, critic=critic, gamma=gamma, reward_fn=reward_fn)
     x0 = x
     for i, t in enumerate(times):
-        if guided and control is not None:
-            guide_kwargs["reward_offset"] = acts.control(control)
         t_prev = times[i + 1] if i + 1 < len(times) else -1
         t_batch = torch.full((batch,), t, dtype=torch.long, device=device)
         alpha_bar = schedule.at(t_batch, x)
+        if guided and control is not None:
+            guide_kwargs["reward_offset"] = acts.control(control)
         if guided and guide_mode == "dps":
             with torch.enable_grad():
                 x_in = x.detach().requires_grad_(True)
@@ -339,10 +339,9 @@ def sample(
             noise = torch.randn(x.shape, generator=generator, device=device, dtype=dtype)
         x, variance = step_to(schedule, x, t_batch, torch.full_like(t_batch, t_prev), x0, eta, noise)
         x = known.inpaint(x)
-        acts.update(known.real_states(x0, norm, layout), variance, last=t_prev < 0)
+        acts.update(known.decode(x0, norm, layout)[0], variance, last=t_prev < 0)
 
-    states = known.real_states(x0, norm, layout)
-    rewards = norm.unnormalize_rewards(layout.unpack(x0)[1])
+    states, rewards = known.decode(x0, norm, layout)
     if reward_fn is not None:  # the head needs the action: only where it is known (or drawn)
         rewards = torch.where(acts.mask, reward_fn(states), rewards)
     if control is not None:  # where no action exists the reward stays without its control term
@@ -350,7 +349,7 @@ def sample(
     rewards = torch.where(known.reward_known, known.rewards, rewards)
     terminations = model.task.terminated(states[:, 1:])
     adv = None if critic is None else advantages(states, rewards, critic, terminations, gamma)
-    return Imagined(states=states, actions=acts.real, rewards=rewards, terminations=terminations, advantages=adv)
+    return SegmentBatch(states=states, actions=acts.real, rewards=rewards, terminations=terminations, advantages=adv)
 
 
 @runtime_checkable
@@ -367,7 +366,7 @@ class Simulator(Protocol):
         *,
         critic: Critic | None = None,
         gamma: float = 0.99,
-    ) -> Imagined:
+    ) -> SegmentBatch:
         """H-step segments from start states ``s0`` ``B x S`` with actions from ``actor``."""
         ...
 
@@ -386,7 +385,7 @@ def imagine(
     generator: torch.Generator | None = None,
     guide_mode: Literal["x0", "dps"] = "x0",
     max_shift: float | None = DEFAULT_MAX_SHIFT,
-) -> Imagined:
+) -> SegmentBatch:
     """Paper Algorithm 2: H-step segments jointly from real start states ``s0`` ``B x S``, actions from ``actor``.
 
     :param alpha: guide scale (default ``model.task.guide_scale``). Other arguments as in ``sample``.

@@ -4,6 +4,10 @@ A segment of horizon H holds states s_0..s_H (H+1 rows), actions a_0..a_{H-1} an
 r_0..r_{H-1}. The denoised vector is ``x = [s_0 | s_1 | ... | s_H | r_0 ... r_{H-1}]`` (states first,
 then rewards) of size ``(H+1)*S + H``. Actions are conditioning, never denoised.
 
+``encode_segment``/``decode_segment`` are the one conversion between a real-unit segment and that
+normalized vector (states through ``Normalizer.encode_states``, rewards z-scored), used by training,
+the sampler and the guides.
+
 Closed-loop stepping needs "the first k states known" (s_0..s_{k-1}, rewards r_0..r_{k-2}) and "the
 first j actions known"; both masks are built here so training and sampling use one definition.
 """
@@ -14,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 from einops import rearrange
+
+from agd_envs.normalization import Normalizer
 
 
 @dataclass(frozen=True)
@@ -63,3 +69,18 @@ class SegmentLayout:
         """``B`` counts j in 0..H -> ``B x H`` bool: a_0..a_{j-1} known."""
         j = num_known_actions.long()
         return torch.arange(self.horizon, device=j.device)[None, :] < j[:, None]
+
+
+def encode_segment(
+    layout: SegmentLayout, normalizer: Normalizer, states: torch.Tensor, rewards: torch.Tensor
+) -> torch.Tensor:
+    """Real-unit states ``B x (H+1) x S`` and (modelled) rewards ``B x H`` -> the normalized ``B x Dx``."""
+    return layout.pack(normalizer.encode_states(states), normalizer.normalize_rewards(rewards))
+
+
+def decode_segment(
+    layout: SegmentLayout, normalizer: Normalizer, x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse of ``encode_segment``: normalized ``B x Dx`` -> real states ``B x (H+1) x S``, rewards ``B x H``."""
+    states, rewards = layout.unpack(x)
+    return normalizer.decode_states(states), normalizer.unnormalize_rewards(rewards)

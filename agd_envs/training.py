@@ -20,20 +20,13 @@ import torch
 from einops import rearrange
 from tqdm.auto import tqdm
 
+from agd_envs.batch import SegmentBatch
 from agd_envs.diffusion import NoiseSchedule, q_sample
 from agd_envs.normalization import HasStatistics
 from agd_envs.reward_head import reward_head_loss
-from agd_envs.segments import SegmentLayout
+from agd_envs.segments import SegmentLayout, encode_segment
 from agd_envs.tasks import get_task
 from agd_envs.world_model import WorldModel, WorldModelConfig
-
-
-class SegmentBatch(Protocol):
-    """Real-unit segments: states ``B x (H+1) x S``, actions ``B x H x A``, rewards ``B x H``."""
-
-    states: torch.Tensor
-    actions: torch.Tensor
-    rewards: torch.Tensor
 
 
 class SegmentSource(Protocol):
@@ -82,8 +75,8 @@ def diffusion_loss(
     device = model.device
     real_states, real_actions = batch.states.to(device), batch.actions.to(device)
     actions = norm.normalize_actions(real_actions)
-    rewards = norm.normalize_rewards(batch.rewards.to(device) - model.control_rewards(real_actions))
-    x0 = layout.pack(norm.encode_states(real_states), rewards)
+    x0 = encode_segment(layout, norm, real_states, batch.rewards.to(device) - model.control_rewards(real_actions))
+    rewards = layout.unpack(x0)[1]  # normalized, for the reward head and the dynamics prior
     b = x0.shape[0]
     known_mask, action_mask = (m.to(device) for m in training_masks(layout, b, config.joint_fraction, generator))
     t = torch.randint(0, config.diffusion_steps, (b,), generator=generator).to(device)

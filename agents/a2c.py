@@ -40,7 +40,7 @@ ArrayLike = np.ndarray | Tensor
 
 
 class ImaginedSegments(Protocol):
-    """Imagined segments in real units (e.g. ``agd_envs.sampling.Imagined``)."""
+    """Imagined segments in real units (e.g. ``agd_envs.batch.SegmentBatch``)."""
 
     states: Tensor
     """``B x (H+1) x S``: s_0..s_H."""

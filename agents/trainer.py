@@ -29,12 +29,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from agd_envs.batch import SegmentBatch
 from agd_envs.collector import RealEnvCollector
 from agd_envs.datasets import DatasetWriter, EpisodeDataset
 from agd_envs.defaults import default_dataset_path
 from agd_envs.guides import get_guide
 from agd_envs.oracle import OracleConfig, OracleWorldModel
-from agd_envs.sampling import Imagined, imagine
+from agd_envs.sampling import imagine
 from agd_envs.tasks import get_task
 from agd_envs.training import WorldModelTrainer
 from agd_envs.world_model import WorldModel, WorldModelConfig
@@ -283,14 +284,14 @@ class AGDTrainer:
             stats["imagined_advantage"] = float(segments.advantages.mean())
         return stats
 
-    def _closed_loop_update(self, dataset: EpisodeDataset, s0: torch.Tensor) -> tuple[Imagined, dict[str, float]]:
+    def _closed_loop_update(self, dataset: EpisodeDataset, s0: torch.Tensor) -> tuple[SegmentBatch, dict[str, float]]:
         """The agent acts step by step in a DreamVectorEnv batch started at ``s0``; one A2C update."""
         with self._phase("imagine"):
             arrays = self._dream_rollout(dataset, s0)
         with self._phase("agent"):
             stats = self.agent.update_from_transitions(**arrays)
         states = np.concatenate([arrays["obs"], arrays["next_obs"][-1:]], axis=0)
-        imagined = Imagined(
+        imagined = SegmentBatch(
             states=torch.as_tensor(states).transpose(0, 1), actions=torch.as_tensor(arrays["actions"]).transpose(0, 1),
             rewards=torch.as_tensor(arrays["rewards"]).transpose(0, 1), terminations=torch.as_tensor(arrays["terminated"]).transpose(0, 1),
             advantages=None,

@@ -34,12 +34,13 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
+from agd_envs.batch import SegmentBatch
 from agd_envs.datasets import EpisodeDataset
 from agd_envs.dynamics_prior import DynamicsPrior
 from agd_envs.guides import advantages
 from agd_envs.normalization import Normalizer
 from agd_envs.oracle import OracleWorldModel
-from agd_envs.sampling import Imagined, imagine
+from agd_envs.sampling import imagine
 from agd_envs.segments import SegmentLayout
 from agd_envs.tasks import Task
 from agd_envs.training import MOMENT_SEGMENTS, WorldModelTrainer
@@ -88,7 +89,7 @@ def corr(x: Tensor, y: Tensor) -> float:
     return float(np.corrcoef(x.double().numpy(), y.double().numpy())[0, 1])
 
 
-def gap(agent: A2CAgent, guess: Imagined, real: Imagined, scale: Tensor) -> dict[str, object]:
+def gap(agent: A2CAgent, guess: SegmentBatch, real: SegmentBatch, scale: Tensor) -> dict[str, object]:
     """The module docstring's measures of ``guess`` against the ``real`` replay of its actions."""
     actions = guess.actions
     valid = alive_mask(real.terminations) & alive_mask(guess.terminations)
@@ -135,7 +136,7 @@ def fit_one_step_mlp(data: EpisodeDataset, task: Task, horizon: int, updates: in
 
 
 @torch.no_grad()
-def mlp_segments(prior: DynamicsPrior, norm: Normalizer, task: Task, s0: Tensor, actions: Tensor) -> Imagined:
+def mlp_segments(prior: DynamicsPrior, norm: Normalizer, task: Task, s0: Tensor, actions: Tensor) -> SegmentBatch:
     """The one-step model rolled out from ``s0`` under (clipped) ``actions``, rewards with their control term."""
     executed = actions.clamp(task.action_low, task.action_high)
     b, h = actions.shape[:2]
@@ -147,7 +148,7 @@ def mlp_segments(prior: DynamicsPrior, norm: Normalizer, task: Task, s0: Tensor,
     states = norm.unnormalize_states(z)
     rewards = norm.unnormalize_rewards(r) + task.control_reward(executed)
     done = torch.cumsum(task.terminated(states[:, 1:]).long(), 1) > 0
-    return Imagined(states=states, actions=actions, rewards=rewards, terminations=done)
+    return SegmentBatch(states=states, actions=actions, rewards=rewards, terminations=done)
 
 
 def measure(run: Path, starts: int, seed: int, model: WorldModel | None = None, mlp_updates: int = 0) -> dict[str, object]:
@@ -159,10 +160,10 @@ def measure(run: Path, starts: int, seed: int, model: WorldModel | None = None, 
     gen = torch.Generator().manual_seed(seed)
     s0 = data.sample_segments(starts, model.config.horizon, generator=gen).states[:, 0]
     critic = agent.critic if config.guide in ("eag", "sag") else None
-    dream: Imagined = imagine(model, s0, agent.actor, critic, guide=config.guide, alpha=config.alpha, generator=gen)
+    dream: SegmentBatch = imagine(model, s0, agent.actor, critic, guide=config.guide, alpha=config.alpha, generator=gen)
     oracle = OracleWorldModel(config.task)
     states, rewards, done = replay(oracle, s0, dream.actions)
-    real = Imagined(states=states, actions=dream.actions, rewards=rewards, terminations=done)
+    real = SegmentBatch(states=states, actions=dream.actions, rewards=rewards, terminations=done)
     oracle.close()
     scale = torch.as_tensor(np.asarray(data.statistics().obs_std), dtype=torch.float32)
     row: dict[str, object] = {"run": str(run), "task": config.task, "guide": config.guide, "dataset_steps": int(data.num_steps),

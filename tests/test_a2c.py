@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import copy
 import io
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
 import torch
 
+from agd_envs.batch import SegmentBatch
 from agents.a2c import A2CAgent, A2CConfig
 from agents.returns import alive_mask, gae
 
@@ -18,19 +18,9 @@ from agents.returns import alive_mask, gae
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
-@dataclass
-class Segments:
-    """Batch-major imagined segments (the agent's ``Segments`` protocol)."""
-
-    states: torch.Tensor
-    actions: torch.Tensor
-    rewards: torch.Tensor
-    terminations: torch.Tensor
-
-
-def random_segments(batch: int, horizon: int, obs_dim: int, act_dim: int, seed: int) -> Segments:
+def random_segments(batch: int, horizon: int, obs_dim: int, act_dim: int, seed: int) -> SegmentBatch:
     g = torch.Generator().manual_seed(seed)
-    return Segments(
+    return SegmentBatch(
         states=torch.randn(batch, horizon + 1, obs_dim, generator=g) * 3 + 1,
         actions=torch.randn(batch, horizon, act_dim, generator=g),
         rewards=torch.randn(batch, horizon, generator=g),
@@ -226,7 +216,7 @@ STEP = 0.1
 
 
 @torch.no_grad()
-def linear_system_rollout(agent: A2CAgent, s0: torch.Tensor, horizon: int, g: torch.Generator) -> Segments:
+def linear_system_rollout(agent: A2CAgent, s0: torch.Tensor, horizon: int, g: torch.Generator) -> SegmentBatch:
     """Roll the current policy (sampled, no reparameterization) through the linear system."""
     states, actions, rewards = [s0], [], []
     for _ in range(horizon):
@@ -236,7 +226,7 @@ def linear_system_rollout(agent: A2CAgent, s0: torch.Tensor, horizon: int, g: to
         actions.append(a)
         rewards.append(-states[-1].square().sum(-1))
     terminations = torch.zeros(s0.shape[0], horizon, dtype=torch.bool)
-    return Segments(torch.stack(states, 1), torch.stack(actions, 1), torch.stack(rewards, 1), terminations)
+    return SegmentBatch(torch.stack(states, 1), torch.stack(actions, 1), torch.stack(rewards, 1), terminations)
 
 
 def expected_return(agent: A2CAgent, gamma: float, steps: int = 100) -> tuple[float, torch.Tensor, torch.Tensor]:

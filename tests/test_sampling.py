@@ -12,8 +12,9 @@ from torch import nn
 from torch.distributions import Independent, Normal
 
 from agd_envs.guides import advantages
-from agd_envs.sampling import Conditioning, Imagined, imagine, sample
-from agd_envs.segments import SegmentLayout
+from agd_envs.batch import SegmentBatch
+from agd_envs.sampling import Conditioning, imagine, sample
+from agd_envs.segments import SegmentLayout, encode_segment
 
 LAYOUT = SegmentLayout(obs_dim=3, act_dim=2, horizon=4)
 B = 8
@@ -73,11 +74,11 @@ def _closed_loop_cond(seed: int = 1) -> Conditioning:
     )
 
 
-def _run(model, cond, seed: int = 0, **kwargs) -> Imagined:
+def _run(model, cond, seed: int = 0, **kwargs) -> SegmentBatch:
     return sample(model, cond, generator=torch.Generator().manual_seed(seed), **kwargs)
 
 
-def _equal(a: Imagined, b: Imagined) -> bool:
+def _equal(a: SegmentBatch, b: SegmentBatch) -> bool:
     return all(torch.equal(x, y) for x, y in [(a.states, b.states), (a.rewards, b.rewards),
                                               (a.actions.nan_to_num(7.0), b.actions.nan_to_num(7.0))])  # fmt: skip
 
@@ -149,7 +150,7 @@ def _wide_actor(s: torch.Tensor) -> Independent:
 
 
 def test_the_denoiser_sees_clipped_actions_and_the_agent_gets_its_samples() -> None:
-    """The model is conditioned on what the env would execute; Imagined.actions keeps the policy's draws."""
+    """The model is conditioned on what the env would execute; SegmentBatch.actions keeps the policy's draws."""
     model = Recorder(ToyDenoiser(LAYOUT))
     cond = Conditioning.from_start(_s0(), horizon=LAYOUT.horizon)
     out = _run(model, cond, seed=2, steps=3, actor=_wide_actor)
@@ -184,7 +185,7 @@ def test_ddpm_step_is_the_ancestral_posterior_sample() -> None:
         expected = torch.where(known_mask, x_t, mean + var.sqrt() * z)  # known entries stay clean
         torch.testing.assert_close(model.calls[3 - t]["x_t"], expected, rtol=0, atol=1e-12)
     # The result is the last x0 estimate.
-    final = LAYOUT.pack(model.normalizer.normalize_states(out.states), model.normalizer.normalize_rewards(out.rewards))
+    final = encode_segment(LAYOUT, model.normalizer, out.states, out.rewards)
     torch.testing.assert_close(final, model.calls[-1]["x0"], rtol=0, atol=1e-12)
 
 

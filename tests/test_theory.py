@@ -22,8 +22,9 @@ from analytic import LinearCritic, MixtureDenoiser, gaussian_denoiser, make_norm
 from agd_envs.diffusion import cosine_schedule
 from agd_envs.guides import advantages
 from agd_envs.normalization import Normalizer
-from agd_envs.sampling import Conditioning, Imagined, sample
-from agd_envs.segments import SegmentLayout
+from agd_envs.batch import SegmentBatch
+from agd_envs.sampling import Conditioning, sample
+from agd_envs.segments import SegmentLayout, decode_segment, encode_segment
 
 F64 = torch.float64
 LAYOUT = SegmentLayout(obs_dim=2, act_dim=1, horizon=2)
@@ -84,9 +85,9 @@ def _eag_gradient(norm: Normalizer, w: torch.Tensor, gamma: float) -> torch.Tens
     return grad
 
 
-def _z(model: MixtureDenoiser, out: Imagined, free: torch.Tensor) -> torch.Tensor:
+def _z(model: MixtureDenoiser, out: SegmentBatch, free: torch.Tensor) -> torch.Tensor:
     """Normalized free entries ``n x F`` of the samples."""
-    x = LAYOUT.pack(model.normalizer.normalize_states(out.states), model.normalizer.normalize_rewards(out.rewards))
+    x = encode_segment(LAYOUT, model.normalizer, out.states, out.rewards)
     return x[:, free]
 
 
@@ -136,8 +137,7 @@ def test_sag_matches_importance_weighted_exact_samples() -> None:
     known = torch.zeros(LAYOUT.x_dim, dtype=F64)
     known[:2] = norm.normalize_states(norm.unnormalize_states(model.means[0, :2]) + 0.3)
     exact = model.exact_samples(known, ~free, 200_000, torch.Generator().manual_seed(5))
-    states, rewards = LAYOUT.unpack(exact)
-    states, rewards = norm.unnormalize_states(states), norm.unnormalize_rewards(rewards)
+    states, rewards = decode_segment(LAYOUT, norm, exact)
     adv = advantages(states, rewards, LinearCritic(W * w_scale), torch.zeros_like(rewards, dtype=torch.bool), GAMMA)
     weights = torch.sigmoid(adv).prod(-1)
     weights = weights / weights.sum()
@@ -169,8 +169,7 @@ def test_eag_tilts_further_than_sag() -> None:
         x = torch.zeros(z.shape[0], LAYOUT.x_dim, dtype=F64)
         x[:, free] = z
         x[:, :2] = norm.normalize_states(norm.unnormalize_states(model.means[0, :2]) + 0.3)  # the known s_0
-        states, rewards = LAYOUT.unpack(x)
-        states, rewards = norm.unnormalize_states(states), norm.unnormalize_rewards(rewards)
+        states, rewards = decode_segment(LAYOUT, norm, x)
         adv = advantages(states, rewards, critic, torch.zeros_like(rewards, dtype=torch.bool), 0.0)
         return float(adv.sum(-1).mean())
 
@@ -237,7 +236,7 @@ def _figure1_choices(guide: str, mode: str) -> float:
     def segment(tau: list[int], first_action: str) -> torch.Tensor:
         rewards = [MDP[st][a][1] for st, a in zip(tau, [first_action, "a1", "a1"])]
         states = torch.stack([eye[i - 1] for i in tau])[None]
-        return layout.pack(norm.normalize_states(states), norm.normalize_rewards(torch.tensor([rewards], dtype=F64)))[0]
+        return encode_segment(layout, norm, states, torch.tensor([rewards], dtype=F64))[0]
 
     means = torch.stack([segment(TAU1, "a1"), segment(TAU2, "a2")])
     covs = (0.1**2 * torch.eye(layout.x_dim, dtype=F64)).expand(2, -1, -1)  # small: two near-point masses
@@ -249,7 +248,7 @@ def _figure1_choices(guide: str, mode: str) -> float:
     cond = Conditioning.from_start(eye[0].expand(n, s).clone(), actions=torch.zeros(n, h, 1, dtype=F64))
     out = sample(model, cond, steps=20, guide=guide, critic=critic, gamma=1.0, alpha=1.0, guide_mode=mode,
                  generator=torch.Generator().manual_seed(0))  # fmt: skip
-    x = layout.pack(norm.normalize_states(out.states), norm.normalize_rewards(out.rewards))
+    x = encode_segment(layout, norm, out.states, out.rewards)
     dist = torch.cdist(x, means)
     assert dist.min(1).values.max() < 2.0  # every sample is near one of the two trajectories
     return float((dist[:, 1] < dist[:, 0]).double().mean())
