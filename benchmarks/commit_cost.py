@@ -4,7 +4,7 @@ A commit copies main_data.hdf5, adds the new episode groups to the copy, fsyncs 
 the original, so its cost grows with the file. This measures that cost for datasets of Hopper-like short
 episodes (20 steps: many groups) and HalfCheetah-like long ones (1000 steps), and the throughput of a
 real Hopper collection with commits at the default cadence against commits only at close. The numbers
-chose ``DatasetWriter``'s defaults (``COMMIT_SECONDS``, ``MAX_COMMIT_SHARE`` in agd_envs/datasets.py).
+chose ``DatasetWriter``'s defaults (``COMMIT_SECONDS``, ``MAX_COMMIT_SHARE`` in agd_envs/dataset_writer.py).
 
 Run: python3 benchmarks/commit_cost.py --steps 20000 200000 1000000
 """
