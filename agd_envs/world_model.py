@@ -20,7 +20,7 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -294,6 +294,23 @@ class WorldModel(nn.Module):
         :param known_mask: ``B x Dx`` bool.
         """
         return self.predict_x0(self.ema_network, x_t, t, actions, action_mask, known, known_mask)[1]
+
+    @torch.no_grad()
+    def prior_rollout(
+        self, states: torch.Tensor, state_known: torch.Tensor, policy: Callable[[torch.Tensor, int], torch.Tensor]
+    ) -> torch.Tensor:
+        """Real states ``B x (H+1) x S``: rows where ``state_known`` ``B x (H+1)`` as given, the others the dynamics
+        prior's closed-loop prediction under ``a_t = policy(s_t, t)`` (real units, clipped to the bounds)."""
+        if not self.config.dynamics_prior:
+            raise ValueError("prior_rollout needs a model with WorldModelConfig(dynamics_prior=True)")
+        norm, prior, task = self.normalizer, self.ema_network.prior, self.task
+        rows = [states[:, 0]]
+        ones = torch.ones(states.shape[0], dtype=torch.bool, device=states.device)
+        for t in range(self.layout.horizon):
+            action = policy(rows[-1], t).clamp(task.action_low, task.action_high)
+            z, _ = prior(norm.normalize_states(rows[-1]), norm.normalize_actions(action), ones)
+            rows.append(torch.where(state_known[:, t + 1, None], states[:, t + 1], norm.unnormalize_states(z)))
+        return torch.stack(rows, dim=1)
 
     def control_rewards(self, actions: torch.Tensor) -> torch.Tensor:
         """The known control term of each reward ``B x H`` of real actions ``B x H x A`` (zeros unless

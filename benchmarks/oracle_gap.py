@@ -25,7 +25,6 @@ Run (repo root):
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from einops import rearrange
 from torch import Tensor
 
 from agd_envs.batch import SegmentBatch
+from agd_envs.cli import parse_field_value
 from agd_envs.datasets import EpisodeDataset
 from agd_envs.dynamics_prior import DynamicsPrior
 from agd_envs.guides import advantages
@@ -194,17 +194,6 @@ def refits(run: Path, updates: list[int], overrides: dict[str, int], starts: int
     return rows
 
 
-def parse_override(item: str) -> tuple[str, object]:
-    """``FIELD=JSON`` (e.g. ``delta_states=true``, ``width=512``) -> (field, value)."""
-    field, sep, value = item.partition("=")
-    if not sep:
-        raise SystemExit(f"--set {item!r}: expected FIELD=VALUE, e.g. width=512")
-    try:
-        return field, json.loads(value)
-    except json.JSONDecodeError:
-        return field, value
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="agd train run directories (with a checkpoint)")
@@ -220,7 +209,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.fit_updates:
-        overrides = dict(parse_override(item) for item in args.set)
+        overrides = dict(parse_field_value(item, WorldModelConfig) for item in args.set)
         rows = [row for run in args.runs for row in refits(run, args.fit_updates, overrides, args.starts, args.seed)]
     else:
         rows = [measure(run, args.starts, args.seed, mlp_updates=args.mlp_updates) for run in args.runs]

@@ -10,7 +10,7 @@ from torch import nn
 from agd_envs.datasets import EpisodeDataset
 from agd_envs.defaults import default_dataset_path
 from agd_envs.dynamics_prior import DynamicsPrior
-from agd_envs.sampling import Conditioning, sample
+from agd_envs.sampling import Conditioning, imagine, sample
 from agd_envs.segments import SegmentLayout
 from agd_envs.training import WorldModelTrainer
 from agd_envs.world_model import WorldModel, WorldModelConfig
@@ -109,3 +109,25 @@ def test_config_requires_the_plain_encoding_and_round_trips(tmp_path) -> None:
     args = (torch.randn(3, 10, 6), torch.ones(3, 10, dtype=torch.bool), torch.zeros(3, model.layout.x_dim),
             model.layout.known_mask(torch.ones(3, dtype=torch.long)))  # fmt: skip
     torch.testing.assert_close(loaded.denoise(x, t, *args), model.denoise(x, t, *args))
+
+
+def test_imagined_actions_and_states_are_the_priors_closed_loop_under_the_policy() -> None:
+    """With the denoiser's correction zeroed, imagine returns a fixed point: a_t = pi(s_t) and s_{t+1} = prior(s_t, a_t).
+
+    The actions are drawn along the prior's closed-loop rollout before the first denoising step; without
+    that, each s_{t+1} would be denoised under the action drawn at the previous step's estimate of s_t.
+    """
+    data = EpisodeDataset.open(default_dataset_path("HalfCheetah"))
+    model = _prior_model()
+    WorldModelTrainer(model).fit(data, 3, generator=torch.Generator().manual_seed(0), progress=False)
+    _zero(model.ema_network.denoiser.out)
+    weight = torch.randn(17, 6, generator=torch.Generator().manual_seed(5))
+    actor = lambda s: 1.5 * torch.tanh(s @ weight)  # noqa: E731  (deterministic; saturates some entries)
+    s0 = data.sample_segments(8, 10, generator=torch.Generator().manual_seed(1)).states[:, 0]
+    out = imagine(model, s0, actor, guide="none", generator=torch.Generator().manual_seed(2))
+    norm, prior = model.normalizer, model.ema_network.prior
+    for t in range(10):
+        torch.testing.assert_close(out.actions[:, t], actor(out.states[:, t]), rtol=0, atol=1e-4)
+        z, _ = prior(norm.normalize_states(out.states[:, t]), norm.normalize_actions(out.actions[:, t].clamp(-1, 1)),
+                     torch.ones(8, dtype=torch.bool))  # fmt: skip
+        torch.testing.assert_close(out.states[:, t + 1], norm.unnormalize_states(z), rtol=0, atol=2e-5)  # unseeded: ~1e-3
