@@ -2,28 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
+from agd_envs.batch import SegmentBatch
 
-@dataclass
-class Segments:
-    """A batch of H-step windows, each inside one episode; float32 tensors except the bool flags."""
-
-    states: torch.Tensor
-    """``B x (H+1) x S``: s_0..s_H."""
-    actions: torch.Tensor
-    """``B x H x A``."""
-    rewards: torch.Tensor
-    """``B x H``."""
-    terminations: torch.Tensor
-    """``B x H`` bool (only the last step of an episode can be True)."""
-
-    def to(self, device: torch.device | str) -> Segments:
-        """The same batch on ``device``."""
-        return Segments(*(t.to(device) for t in (self.states, self.actions, self.rewards, self.terminations)))
+Segments = SegmentBatch
+"""What ``EpisodeDataset.sample_segments`` returns: the one segment batch type (agd_envs/batch.py), float32
+tensors except the bool flags; the name older code imports."""
 
 
 def window_table(lengths: np.ndarray, obs_starts: np.ndarray, step_starts: np.ndarray,
