@@ -7,9 +7,9 @@ final policy): the `cpu` diffusion model's per-step advantages correlate 0.07 wi
 
 How: ``DynamicsPrior`` is that MLP, [s_t, a_t] -> (s_{t+1} - s_t, r_t) in normalized units, trained on
 the batch's real transitions beside the denoiser (teacher forced, as MBPO-style models are).
-``PriorResidualDenoiser`` rolls it out over the segment from the known states with the actions the
-denoiser is given, feeds that rollout to the denoiser as extra input, and adds it to the denoiser's
-output: the x0 estimate is prior + learned correction. Everything else (inpainting, policy-guided
+``PriorResidualDenoiser`` rolls it out over the segment from s_0 with the actions the denoiser is
+given, feeds that rollout to the denoiser as extra input, and adds it to the denoiser's output: the
+x0 estimate is prior + learned correction. Everything else (inpainting, policy-guided
 actions, the guides' gradient on the states of the x0 estimate) is unchanged; the prior's rollout is
 a constant of the noisy input (it depends on known entries only), so it takes no gradient.
 """
@@ -62,13 +62,13 @@ class DynamicsPrior(nn.Module):
         change = out[..., :-1] * self.change_std + self.change_mean
         return states + change, out[..., -1]
 
-    def rollout(self, states: Tensor, state_known: Tensor, actions: Tensor, action_known: Tensor) -> tuple[Tensor, Tensor]:
-        """Segment ``B x (H+1) x S`` (rows where ``state_known`` ``B x (H+1)`` are kept, the rest predicted step by
-        step from the previous row), actions ``B x H x A`` with mask ``B x H`` -> (states, rewards ``B x H``)."""
-        rows, rewards = [states[:, 0]], []
+    def rollout(self, s0: Tensor, actions: Tensor, action_known: Tensor) -> tuple[Tensor, Tensor]:
+        """From ``s0`` ``B x S``, each state predicted from the previous one under actions ``B x H x A`` (mask
+        ``B x H``) -> (states ``B x (H+1) x S`` with s0 first, rewards ``B x H``); all normalized."""
+        rows, rewards = [s0], []
         for t in range(actions.shape[1]):
             predicted, reward = self(rows[-1], actions[:, t], action_known[:, t])
-            rows.append(torch.where(state_known[:, t + 1, None], states[:, t + 1], predicted))
+            rows.append(predicted)
             rewards.append(reward)
         return torch.stack(rows, dim=1), torch.stack(rewards, dim=1)
 
@@ -98,12 +98,16 @@ class PriorResidualDenoiser(nn.Module):
         self.prior = prior
 
     def prior_segment(self, x: Tensor, actions: Tensor, action_mask: Tensor, known_mask: Tensor) -> Tensor:
-        """``B x Dx``: the prior's rollout from the known state rows of ``x`` (known entries clean) under the actions."""
+        """``B x Dx``: the prior's rollout from s_0 of ``x`` (known, clean) under the actions.
+
+        From s_0 only, even where later rows are known: in a closed loop those rows are the dream's own
+        earlier states, and a prior restarted from each of them compounds its errors step after step
+        (tests/test_fidelity.py: closed-loop / joint state error 2.6x at t = 10 when restarted, 1.05x
+        from s_0), as offsets from the latest known state did (WorldModelConfig.anchor_states).
+        """
         layout = self.layout
-        states = layout.unpack(x)[0]
-        state_known = layout.unpack(known_mask)[0][..., 0]  # B x (H+1): a row is known as a whole
         with torch.no_grad():
-            states, rewards = self.prior.rollout(states, state_known, actions, action_mask)
+            states, rewards = self.prior.rollout(layout.unpack(x)[0][:, 0], actions, action_mask)
         return layout.pack(states, rewards)
 
     def forward(self, x_t: Tensor, t: Tensor, actions: Tensor, action_mask: Tensor, known_mask: Tensor) -> Tensor:

@@ -83,7 +83,10 @@ class WorldModelConfig:
     dynamics_prior: bool = False
     """Add a one-step dynamics MLP that the denoiser corrects: the x0 estimate is the MLP's rollout over the
     segment (from the known states, under the given actions) plus the denoiser's output, and the denoiser
-    sees the rollout as input (agd_envs/dynamics_prior.py). Needs x0-prediction and the plain encoding."""
+    sees the rollout as input (agd_envs/dynamics_prior.py). Needs x0-prediction and the plain encoding.
+    On in the ``cpu`` preset; the ``paper`` preset stays the paper's model."""
+    prior_width: int = 256
+    """Hidden width of the dynamics prior's three layers (with ``dynamics_prior``)."""
     loss_weighting: str = "none"
     """``none`` (plain L2 of paper eq. 6 on the chosen target) or ``min_snr`` (Hang et al. 2023)."""
     min_snr_gamma: float = 5.0
@@ -192,7 +195,7 @@ class WorldModelConfig:
 
 
 _ADDED_LATER: dict[str, Any] = {"reward_head": False, "known_action_cost": False, "delta_states": False,
-                                 "dynamics_prior": False}
+                                 "dynamics_prior": False, "prior_width": 256}
 """Fields added after format version 1, with the value that reproduces older checkpoints."""
 
 # Chosen by measurement on hopper-mixed (held-out joint-sampling state error;
@@ -205,9 +208,14 @@ _ADDED_LATER: dict[str, Any] = {"reward_head": False, "known_action_cost": False
 # paper's; training cost does not depend on N, sampling cost only on the steps visited): its finer
 # low-noise end keeps Reacher's fine arm geometry -- 4 steps ending at t = 0 reach 1.03x the 128-step
 # reference's step-H error against 1.33x with N = 32 (benchmarks/sampler_efficiency.py).
+# The dynamics prior replaces the s_0 anchor: on HalfCheetah (20k online steps after the shipped 40k,
+# seed 0, docs/results.md) EAG evaluated -193 / 1394 at 5k / 10k with it and -357 / -291 without;
+# the unguided dream 330 / 1824 against -296 / -276. Its dream's per-step advantages correlate 0.56
+# with the simulator's, the anchored model's 0.04-0.07 (benchmarks/oracle_gap.py).
 _CPU_PRESET: dict[str, Any] = dict(
     horizon=10, diffusion_steps=128, sampling_steps=4, width=256, depth=3, embed_dim=128,
-    schedule_temperature=1.0, anchor_states=True, batch_size=256, lr=1e-3, ema_decay=0.995, known_action_cost=True,
+    schedule_temperature=1.0, anchor_states=False, dynamics_prior=True, batch_size=256, lr=1e-3, ema_decay=0.995,
+    known_action_cost=True,
 )  # fmt: skip
 
 
@@ -239,7 +247,7 @@ class WorldModel(nn.Module):
         )
         self.network: nn.Module = denoiser
         if config.dynamics_prior:
-            self.network = PriorResidualDenoiser(self.layout, denoiser, DynamicsPrior(self.layout))
+            self.network = PriorResidualDenoiser(self.layout, denoiser, DynamicsPrior(self.layout, width=config.prior_width))
         self.ema_network = copy.deepcopy(self.network).requires_grad_(False)
         self.reward_head = RewardHead(self.task.obs_dim, self.task.act_dim) if config.reward_head else None
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))

@@ -139,12 +139,7 @@ def fit_one_step_mlp(data: EpisodeDataset, task: Task, horizon: int, updates: in
 def mlp_segments(prior: DynamicsPrior, norm: Normalizer, task: Task, s0: Tensor, actions: Tensor) -> SegmentBatch:
     """The one-step model rolled out from ``s0`` under (clipped) ``actions``, rewards with their control term."""
     executed = actions.clamp(task.action_low, task.action_high)
-    b, h = actions.shape[:2]
-    start = torch.zeros(b, h + 1, task.obs_dim)
-    start[:, 0] = norm.normalize_states(s0)
-    known = torch.zeros(b, h + 1, dtype=torch.bool)
-    known[:, 0] = True
-    z, r = prior.rollout(start, known, norm.normalize_actions(executed), torch.ones(b, h, dtype=torch.bool))
+    z, r = prior.rollout(norm.normalize_states(s0), norm.normalize_actions(executed), torch.ones(actions.shape[:2], dtype=torch.bool))
     states = norm.unnormalize_states(z)
     rewards = norm.unnormalize_rewards(r) + task.control_reward(executed)
     done = torch.cumsum(task.terminated(states[:, 1:]).long(), 1) > 0

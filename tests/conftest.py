@@ -10,7 +10,7 @@ import torch
 if TYPE_CHECKING:
     from agd_envs.world_model import WorldModelConfig
 
-TINY_MODEL: dict[str, Any] = dict(width=32, depth=1, embed_dim=16, diffusion_steps=8, sampling_steps=2, batch_size=32)
+TINY_MODEL: dict[str, Any] = dict(width=32, depth=1, embed_dim=16, diffusion_steps=8, sampling_steps=2, batch_size=32, prior_width=16)
 """Overrides of the ``cpu`` preset that make a world model build and fit in milliseconds: the tests' one tiny
 model, for mechanics (shapes, checkpoints, resume, env semantics), never for model quality. Import it (and
 ``tiny_model_config``) with ``from conftest import ...``; tests/ is on sys.path."""

@@ -63,7 +63,7 @@ def test_eag_gradient_flows_through_the_summed_changes() -> None:
 
 def _tiny(task: str = "Hopper", **overrides: object) -> WorldModel:
     torch.manual_seed(0)
-    fields = dict(width=32, depth=1, delta_states=True, anchor_states=False) | overrides
+    fields = dict(width=32, depth=1, delta_states=True, dynamics_prior=False) | overrides
     return WorldModel(WorldModelConfig.preset("cpu", task, **fields))
 
 
@@ -83,8 +83,8 @@ def test_fit_sets_the_change_moments_of_the_data() -> None:
 
 def test_config_exclusions_old_checkpoints_and_round_trip(tmp_path) -> None:
     with pytest.raises(ValueError, match="anchor_states and delta_states are exclusive.*anchor_states=False"):
-        WorldModelConfig.preset("cpu", "Hopper", delta_states=True, anchor_states=True)
-    old = WorldModelConfig.preset("cpu", "Hopper").to_dict()
+        WorldModelConfig.preset("cpu", "Hopper", delta_states=True, anchor_states=True, dynamics_prior=False)
+    old = WorldModelConfig.preset("cpu", "Hopper", dynamics_prior=False, anchor_states=True).to_dict()
     del old["delta_states"]  # a checkpoint written before the field existed
     assert WorldModelConfig.from_dict(old).delta_states is False
     assert "normalizer.delta_std" not in WorldModel(WorldModelConfig.from_dict(old)).state_dict()

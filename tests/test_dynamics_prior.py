@@ -27,25 +27,31 @@ def _zero(linear: nn.Linear) -> None:
         linear.bias.zero_()
 
 
-def test_rollout_keeps_known_rows_and_steps_from_the_previous_row() -> None:
+def test_rollout_steps_from_the_previous_row_and_sees_the_actions() -> None:
     prior = DynamicsPrior(LAYOUT, width=8, depth=1)
     _zero(prior.net[-1])  # every step moves by change_mean, every reward is 0
     prior.fit_moments(torch.tensor([[1.0, 2.0, 0.0], [3.0, 2.0, 0.0]]))  # mean change (2, 2, 0)
-    states = torch.randn(2, LAYOUT.horizon + 1, 3)
-    known = torch.tensor([[True, False, False, False, False], [True, True, False, True, False]])
+    s0 = torch.randn(2, 3)
     actions, action_known = torch.randn(2, LAYOUT.horizon, 2), torch.ones(2, LAYOUT.horizon, dtype=torch.bool)
-    out, rewards = prior.rollout(states, known, actions, action_known)
+    out, rewards = prior.rollout(s0, actions, action_known)
     step = torch.tensor([2.0, 2.0, 0.0])
-    torch.testing.assert_close(out[0], states[0, :1] + torch.arange(5.0)[:, None] * step)
-    expected = torch.stack([states[1, 0], states[1, 1], states[1, 1] + step, states[1, 3], states[1, 3] + step])
-    torch.testing.assert_close(out[1], expected)
+    torch.testing.assert_close(out, s0[:, None] + torch.arange(5.0)[None, :, None] * step)
     assert torch.equal(rewards, torch.zeros(2, LAYOUT.horizon))
+    with torch.no_grad():  # a first layer that reads only the action: the change follows a_t, masked ones read as 0
+        prior.net[-1].weight[0, 0] = 1.0
+        prior.net[0].weight.zero_()
+        prior.net[0].bias.zero_()
+        prior.net[0].weight[0, 3] = 1.0  # unit 0 = SiLU(a_t[0]) -> change of state 0, times change_std
+    mask = action_known.clone()
+    mask[:, 2] = False
+    out, _ = prior.rollout(s0, actions, mask)
+    silu = torch.nn.functional.silu(torch.where(mask, actions[..., 0], 0.0))
+    torch.testing.assert_close(out[:, 1:, 0] - out[:, :-1, 0], 2.0 + 2.0**0.5 * silu)  # std of changes 1 and 3
 
 
 def _prior_model(task: str = "HalfCheetah", batch_size: int = 256) -> WorldModel:
     torch.manual_seed(0)
-    return WorldModel(WorldModelConfig.preset("cpu", task, width=32, depth=1, dynamics_prior=True, anchor_states=False,
-                                              batch_size=batch_size))  # fmt: skip
+    return WorldModel(WorldModelConfig.preset("cpu", task, width=32, depth=1, batch_size=batch_size))
 
 
 def test_x0_estimate_is_the_prior_rollout_plus_the_denoiser_and_known_rows_stay() -> None:
@@ -59,10 +65,11 @@ def test_x0_estimate_is_the_prior_rollout_plus_the_denoiser_and_known_rows_stay(
     out = sample(model, cond, generator=torch.Generator().manual_seed(2))
     norm, prior = model.normalizer, model.ema_network.prior
     known_rows = torch.arange(11)[None, :] < cond.num_known_states[:, None]
-    z = norm.normalize_states(torch.where(known_rows[..., None], seg.states, 0.0))
-    with torch.no_grad():
-        expected, _ = prior.rollout(z, known_rows, norm.normalize_actions(seg.actions), torch.ones(4, 10, dtype=torch.bool))
-    torch.testing.assert_close(out.states, norm.unnormalize_states(expected), rtol=1e-5, atol=1e-4)
+    with torch.no_grad():  # from s_0 even where later rows are known (dynamics_prior.PriorResidualDenoiser.prior_segment)
+        z, _ = prior.rollout(norm.normalize_states(seg.states[:, 0]), norm.normalize_actions(seg.actions),
+                             torch.ones(4, 10, dtype=torch.bool))  # fmt: skip
+    expected = torch.where(known_rows[..., None], seg.states, norm.unnormalize_states(z))
+    torch.testing.assert_close(out.states, expected, rtol=1e-5, atol=1e-4)
     for i, k in enumerate(cond.num_known_states.tolist()):
         assert torch.equal(out.states[i, :k], seg.states[i, :k])
 
@@ -96,8 +103,9 @@ def test_prior_learns_one_step_changes_from_real_transitions() -> None:
 
 
 def test_config_requires_the_plain_encoding_and_round_trips(tmp_path) -> None:
+    assert WorldModelConfig.preset("cpu", "Hopper").dynamics_prior  # on by default in the cpu preset
     with pytest.raises(ValueError, match="dynamics_prior needs prediction='x0', anchor_states=False"):
-        WorldModelConfig.preset("cpu", "Hopper", dynamics_prior=True)  # the cpu preset anchors states
+        WorldModelConfig.preset("cpu", "Hopper", anchor_states=True)
     old = WorldModelConfig.preset("cpu", "Hopper").to_dict()
     del old["dynamics_prior"]
     assert WorldModelConfig.from_dict(old).dynamics_prior is False

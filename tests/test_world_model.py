@@ -100,7 +100,7 @@ def random_inputs(model: WorldModel, batch: int = 6, seed: int = 1):
 
 # ------------------------------------------------------------------------------------------- config
 def test_config_json_round_trip_and_key_errors() -> None:
-    config = WorldModelConfig.preset("cpu", "Walker2d", width=96, prediction="eps", anchor_states=False)
+    config = WorldModelConfig.preset("cpu", "Walker2d", width=96, prediction="eps", dynamics_prior=False)
     data = json.loads(json.dumps(config.to_dict()))
     assert WorldModelConfig.from_dict(data) == config
     with pytest.raises(ValueError, match=r"unknown WorldModelConfig keys \['colour'\]"):
@@ -123,7 +123,7 @@ def test_presets_have_the_stated_sizes() -> None:
     assert WorldModelConfig.preset("paper", "HalfCheetah").schedule_temperature == 1.0
     cpu = WorldModelConfig.preset("cpu", "Hopper")
     assert (cpu.horizon, cpu.diffusion_steps, cpu.sampling_steps, cpu.width, cpu.depth) == (10, 128, 4, 256, 3)
-    assert cpu.anchor_states and cpu.prediction == "x0"
+    assert cpu.dynamics_prior and not cpu.anchor_states and cpu.prediction == "x0"
     # Residual MLP 1024 x 6 (one Linear per block) + I/O layers + step embedding: ~7.6M parameters for Hopper.
     assert 7.0e6 < WorldModel(paper).num_parameters() < 8.0e6
     with pytest.raises(ValueError, match="choose 'paper' or 'cpu'"):
@@ -131,7 +131,8 @@ def test_presets_have_the_stated_sizes() -> None:
 
 
 # ------------------------------------------------------------------------------------------ denoise
-@pytest.mark.parametrize("overrides", [{}, {"anchor_states": False}, {"prediction": "eps", "anchor_states": False}])
+@pytest.mark.parametrize("overrides", [{}, {"dynamics_prior": False}, {"dynamics_prior": False, "anchor_states": True},
+                                       {"prediction": "eps", "dynamics_prior": False}])  # fmt: skip
 def test_known_entries_are_returned_exactly(overrides: dict) -> None:
     model = tiny_model(**overrides)
     x_t, t, actions, action_mask, known, known_mask = random_inputs(model)
@@ -156,7 +157,7 @@ def test_anchor_is_the_first_state_for_every_row() -> None:
 def test_save_load_round_trip_is_bit_identical(tmp_path: Path) -> None:
     model = tiny_model()
     WorldModelTrainer(model).fit(LinearToyData(), 3, progress=False, generator=torch.Generator().manual_seed(0))
-    assert not torch.equal(model.network.input.weight, model.ema_network.input.weight)  # EMA really differs
+    assert not torch.equal(model.network.denoiser.input.weight, model.ema_network.denoiser.input.weight)  # EMA really differs
     model.save(tmp_path / "ckpt")
     meta = json.loads((tmp_path / "ckpt" / "config.json").read_text())
     assert meta["format_version"] == FORMAT_VERSION and meta["task"] == "Hopper"
@@ -259,7 +260,7 @@ def test_fit_decreases_the_loss_on_a_fixed_batch_and_continues() -> None:
     assert int(next(iter(optimizer.state.values()))["step"]) == 310
 
 
-@pytest.mark.parametrize("overrides", [{"prediction": "eps", "anchor_states": False}, {"loss_weighting": "min_snr"}])
+@pytest.mark.parametrize("overrides", [{"prediction": "eps", "dynamics_prior": False}, {"loss_weighting": "min_snr"}])
 def test_other_objectives_train(overrides: dict) -> None:
     model = tiny_model(**overrides)
     log = WorldModelTrainer(model).fit(LinearToyData(), 20, batch_size=32, progress=False, log_every=10)
