@@ -144,11 +144,14 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     # - reward_weight 10: the 10 reward entries otherwise carry 1/12 of the loss and the reward
     #   prediction barely depends on the action;
     # - the cpu preset's 256x3 world model, 1500 pretraining updates on the shipped 40k steps (~20 s), then 0.2 model and
-    #   0.1 agent updates per real step: ~13 s per 500-step iteration including a 20-episode evaluation.
+    #   0.1 agent updates per real step: ~13 s per 500-step iteration including a 20-episode evaluation;
+    # - the s_0-anchored model, not the dynamics prior: the quick start must stay within its time (the prior costs
+    #   2.5x per model update, 26 vs 66 updates/s on one thread) and it learns there without it
+    #   (`--model-set dynamics_prior=true anchor_states=false` turns it on).
     "Reacher": {
         "eval_episodes": 20, "eval_every": 500, "checkpoint_every": 1000, "iteration_steps": 500,
         "model_pretrain_updates": 1500, "model_updates_per_step": 0.2, "agent_updates_per_step": 0.1,
-        "model": {"reward_weight": 10.0}, "a2c": {"init_std": 0.3},
+        "model": {"reward_weight": 10.0, "dynamics_prior": False, "anchor_states": True}, "a2c": {"init_std": 0.3},
     },
     "Hopper": {},
     "Walker2d": {},
