@@ -108,7 +108,8 @@ def test_checkpoints_keep_the_head_and_older_ones_load_without_it(tmp_path: Path
 
 def test_runs_with_a_head_are_labelled_and_keep_the_task_defaults() -> None:
     config = TrainerConfig.for_task("Reacher", guide="eag", model={"reward_head": True})
-    assert config.model == {"reward_weight": 10.0, "reward_head": True}  # merged, not replaced
+    assert config.model == {**TrainerConfig.for_task("Reacher").model, "reward_head": True}  # merged, not replaced
+    assert config.model["reward_weight"] == 10.0 and config.model["anchor_states"]
     assert run_label(config) == "agd-eag-rhead"
     assert np.isclose(TrainerConfig.for_task("Reacher").model["reward_weight"], 10.0)
 
