@@ -254,6 +254,23 @@ class A2CAgent:
         normalization), ``return_mean``, ``value_mean``, ``actor_grad_norm``/``critic_grad_norm``
         (before clipping), ``policy_change`` (mean |Δ log π(a|s)| of the step).
         """
+        return self._update(**self._segment_rows(segments))
+
+    def update_critic(self, segments: ImaginedSegments) -> dict[str, float]:
+        """One critic regression step on λ-returns of segments (e.g. real ones from the dataset); the actor is untouched.
+
+        The returns come from the segments' own rewards and terminations with the target critic's bootstraps, as in
+        :meth:`update` (which alone moves the target critic towards the online one). Metrics carry a ``real_`` prefix: ``real_critic_loss``, ``real_value_mse``,
+        ``real_explained_variance``, ``real_critic_grad_norm``, ``real_value_mean``.
+        """
+        rows = self._segment_rows(segments)
+        valid = rows["valid"]
+        _, returns = self.value_targets(rows["obs"], rows["rewards"], rows["next_obs"], rows["terminated"], rows["episode_end"])
+        metrics = self._critic_step(rows["obs"][valid], returns[valid])
+        return {f"real_{k}": v for k, v in metrics.items()}
+
+    def _segment_rows(self, segments: ImaginedSegments) -> dict[str, Tensor]:
+        """Batch-major segments -> the time-major ``T x N`` tensors of :meth:`_update` (shapes checked)."""
         states = _as_tensor(segments.states, self.device, torch.float32)
         actions = _as_tensor(segments.actions, self.device, torch.float32)
         rewards = _as_tensor(segments.rewards, self.device, torch.float32)
@@ -267,7 +284,7 @@ class A2CAgent:
                     f"it must be {expected[name]} (states hold s_0..s_H)"
                 )
         tm = _time_major
-        return self._update(
+        return dict(
             obs=tm(states[:, :-1]),
             actions=tm(actions),
             rewards=tm(rewards),

@@ -13,6 +13,12 @@ One iteration (``iteration_steps`` real steps):
 PolyGRAD (guide ``none``) and Online Diffuser (guide ``reward``) are this same loop with another guide.
 With ``world_model="oracle"`` the segments come from the real simulator (agd_envs.oracle): no model
 is fitted (step 2 and the pretraining are skipped) and only guide ``none`` applies.
+
+Under torchrun (``distributed`` spanning N processes, agd_envs.distributed): rank 0 alone collects real steps,
+evaluates, logs and checkpoints, so the run's real data and its ``real_steps`` are those of a 1-process run;
+every rank fits the world model on its share of each global batch and imagines its share of
+``imagination_batch`` segments, with gradients averaged across ranks and the agent's weights and running
+statistics taken from rank 0 after each update. The run directory must be on a filesystem every rank sees.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from agd_envs.batch import SegmentBatch
 from agd_envs.collector import RealEnvCollector
 from agd_envs.datasets import DatasetWriter, EpisodeDataset
 from agd_envs.defaults import default_dataset_path
+from agd_envs.distributed import Distributed
 from agd_envs.guides import get_guide
 from agd_envs.oracle import OracleConfig, OracleWorldModel
 from agd_envs.sampling import imagine
@@ -103,6 +110,11 @@ class TrainerConfig:
     """Overrides of A2CConfig fields."""
     model: dict[str, Any] = field(default_factory=dict)
     """Overrides of the world-model preset's WorldModelConfig fields (e.g. ``{"width": 256}``)."""
+    critic_real_segments: int = 0
+    """Real H-step segments of the dataset (from the same start window) on which the critic takes one more
+    regression step after each agent update (``A2CAgent.update_critic``): λ-returns of real rewards and
+    terminations, so the critic also learns what the real env pays where the model is wrong; 0: imagined only
+    (the paper's)."""
     world_model: str = "diffusion"
     """``diffusion`` (the learned WorldModel) or ``oracle`` (the real simulator, agd_envs.oracle: guide
     ``none`` and joint imagination only; ``model`` overrides other than ``horizon`` are ignored)."""
@@ -162,21 +174,28 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
 class AGDTrainer:
     """Runs (or resumes) one AGD-MBRL training run in ``run_dir``."""
 
-    def __init__(self, config: TrainerConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True) -> None:
-        self.config, self.run_dir, self.progress = config, Path(run_dir), progress
+    def __init__(
+        self, config: TrainerConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
+        distributed: Distributed | None = None,
+    ) -> None:
+        self.config, self.run_dir, self.ranks = config, Path(run_dir), distributed or Distributed()
+        self.progress = progress and self.ranks.is_main
         self.task = get_task(config.task)
         self.checkpoint = RunCheckpoint(self.run_dir)
-        self.checkpoint.prepare(dataclasses.asdict(config), resume)
-        torch.manual_seed(config.seed)
-        self.generator = torch.Generator().manual_seed(config.seed)
+        if self.ranks.is_main:
+            self.checkpoint.prepare(dataclasses.asdict(config), resume)
+        self.ranks.barrier()  # the run directory exists
+        torch.manual_seed(config.seed)  # the same initial weights on every rank
+        self.generator = torch.Generator().manual_seed(self.ranks.seed(config.seed))
         self.log = RunLog(self.run_dir)
         self.agent = A2CAgent(
             self.task.obs_dim, self.task.act_dim, A2CConfig(**config.a2c),
             action_low=self.task.action_low, action_high=self.task.action_high, device=config.device,
         )  # fmt: skip
+        self.ranks.average_gradients([*self.agent.actor.parameters(), *self.agent.critic.parameters()])
         self.model = self._build_model()
         # The world model's optimizer and EMA update; the oracle has nothing to fit.
-        self.model_trainer = WorldModelTrainer(self.model) if isinstance(self.model, WorldModel) else None
+        self.model_trainer = WorldModelTrainer(self.model, self.ranks) if isinstance(self.model, WorldModel) else None
         self.online_steps, self.start_time, self.elapsed_before = 0, time.perf_counter(), 0.0
         self.initial_steps = 0  # real transitions in the dataset before the first iteration (warm start or prefill)
         self.last: dict[str, float] = {}
@@ -202,18 +221,38 @@ class AGDTrainer:
         with self._phase("model"):
             return self.model_trainer.fit(dataset, updates, generator=self.generator, progress=progress)
 
-    def _start(self, resume: bool) -> RealEnvCollector:
-        data_dir = self.checkpoint.data_dir
+    def _start(self, resume: bool) -> RealEnvCollector | None:
+        """Restore the checkpoint, or start the dataset and pretrain the model; rank 0's real-env collector (else None)."""
+        main = self.ranks.is_main
+        collector = (self._restore() if resume else self._new_dataset()) if main else None
+        self.ranks.barrier()  # rank 0 has written (or rolled back) the dataset the other ranks read
         if resume:
-            state = self.checkpoint.load(self.agent, self.model, self.model_trainer, self.generator)
-            self.online_steps, self.elapsed_before = state["online_steps"] if "online_steps" in state else state["real_steps"], state["wall_seconds"]
-            self.initial_steps = state.get("initial_steps", 0)  # 0: a checkpoint from before the count existed
-            self.phase_seconds.update(state.get("phase_seconds", {}))
-            self.log.truncate(state["log_rows"])
-            collector = self._collector(DatasetWriter(data_dir, self.task))
-            collector.load_state_dict(state["collector"])
+            if not main:
+                self._restore()
+            self.ranks.barrier()  # rank 0 collects into the dataset only after every rank read it
             return collector
-        cfg = self.config
+        self._fit_model(self._dataset(), self.config.model_pretrain_updates, self.progress)
+        if main:
+            self._evaluate_and_log({})
+        return collector
+
+    def _restore(self) -> RealEnvCollector | None:
+        """Load the checkpoint into this rank; rank 0 also rolls the dataset and log back and returns its collector."""
+        state = self.checkpoint.load(self.agent, self.model, self.model_trainer, self.generator)
+        self.online_steps, self.elapsed_before = state["online_steps"] if "online_steps" in state else state["real_steps"], state["wall_seconds"]
+        self.initial_steps = state.get("initial_steps", 0)  # 0: a checkpoint from before the count existed
+        self.phase_seconds.update(state.get("phase_seconds", {}))
+        if not self.ranks.is_main:  # the checkpoint holds rank 0's generator: continue on a stream of this rank's own
+            self.generator.manual_seed(self.ranks.seed(self.config.seed, stream=self.online_steps))
+            return None
+        self.log.truncate(state["log_rows"])
+        collector = self._collector(DatasetWriter(self.checkpoint.data_dir, self.task))
+        collector.load_state_dict(state["collector"])
+        return collector
+
+    def _new_dataset(self) -> RealEnvCollector:
+        """The run's dataset from the warm start or a random prefill, and the collector that appends to it."""
+        cfg, data_dir = self.config, self.checkpoint.data_dir
         if cfg.warm_start is not None:
             source = default_dataset_path(self.task) if cfg.warm_start == "shipped" else Path(cfg.warm_start)
             self.checkpoint.copy_dataset(source, self.task)
@@ -223,8 +262,6 @@ class AGDTrainer:
             collector.collect("random", cfg.prefill_steps)
         collector.writer.checkpoint()
         self.initial_steps = collector.writer.num_steps
-        self._fit_model(self._dataset(), cfg.model_pretrain_updates, self.progress)
-        self._evaluate_and_log({})
         return collector
 
     def _collector(self, writer: DatasetWriter) -> RealEnvCollector:
@@ -245,16 +282,19 @@ class AGDTrainer:
         bar.close()
         # Release the dataset's lock: the run can be resumed (extended) or reopened in this process. The episode in
         # flight stays in the checkpoint's collector state, not in the dataset, exactly as after a crash.
-        self.collector.close(keep_partial=False)
+        if self.collector is not None:
+            self.collector.close(keep_partial=False)
         self.log.close()
-        return self.log.rows()
+        return self.log.rows() if self.ranks.is_main else []
 
     def iteration(self) -> dict[str, float]:
         """One pass of Algorithm 1 over ``iteration_steps`` real steps; returns the latest metrics."""
-        cfg = self.config
-        with self._phase("env"):
-            self.collector.collect(lambda obs: self.agent.act(obs), cfg.iteration_steps)
-            self.collector.writer.checkpoint()  # the reader below sees every finished episode
+        cfg, main = self.config, self.ranks.is_main
+        if self.collector is not None:
+            with self._phase("env"):
+                self.collector.collect(lambda obs: self.agent.act(obs), cfg.iteration_steps)
+                self.collector.writer.checkpoint()  # the reader below sees every finished episode
+        self.ranks.barrier()  # every rank reads what rank 0 collected
         self.online_steps += cfg.iteration_steps
         dataset = self._dataset()
         model_log = self._fit_model(dataset, round(cfg.model_updates_per_step * cfg.iteration_steps), False)
@@ -262,18 +302,15 @@ class AGDTrainer:
         for _ in range(round(cfg.agent_updates_per_step * cfg.iteration_steps)):
             metrics.update(self._agent_update(dataset))
         self.last.update(metrics)
-        if self.online_steps % cfg.eval_every == 0:
+        if main and self.online_steps % cfg.eval_every == 0:
             self._evaluate_and_log(self.last)
-        if self.online_steps % cfg.checkpoint_every == 0 or self.online_steps >= cfg.steps:
+        if main and (self.online_steps % cfg.checkpoint_every == 0 or self.online_steps >= cfg.steps):
             self.checkpoint.save(self._state(), self.agent, self.model, self.model_trainer, self.generator)
         return {**self.last, "steps_per_second": self.online_steps / max(self._wall(), 1e-9)}
 
     def _agent_update(self, dataset: EpisodeDataset) -> dict[str, float]:
         cfg = self.config
-        horizon = self.model.config.horizon
-        rows = None if cfg.start_window is None else recent_rows(dataset, horizon, cfg.start_window, cfg.imagination_batch, self.generator)
-        s0 = dataset.sample_segments(cfg.imagination_batch, horizon, generator=self.generator, indices=rows).states[:, 0]
-        s0 = s0.to(self.model.device)
+        s0 = self._real_segments(dataset, self.ranks.share(cfg.imagination_batch, "imagination_batch")).states[:, 0].to(self.model.device)
         if cfg.imagination == "joint":
             with self._phase("imagine"):
                 segments = imagine(self.model, s0, self.agent.actor, self.agent.critic, guide=cfg.guide, alpha=cfg.alpha,
@@ -282,10 +319,21 @@ class AGDTrainer:
                 stats = self.agent.update(segments)
         else:
             segments, stats = self._closed_loop_update(dataset, s0)
+        if cfg.critic_real_segments:
+            with self._phase("agent"):
+                stats |= self.agent.update_critic(self._real_segments(dataset, cfg.critic_real_segments))
+        agent = self.agent  # the ranks' statistics (and PopArt's rescale) came from their own shards: keep rank 0's
+        self.ranks.broadcast_modules(agent.actor, agent.critic, agent.target_critic, agent.obs_moments)
         stats["imagined_reward"] = float(segments.rewards.mean())
         if segments.advantages is not None:
             stats["imagined_advantage"] = float(segments.advantages.mean())
         return stats
+
+    def _real_segments(self, dataset: EpisodeDataset, count: int) -> SegmentBatch:
+        """``count`` real H-step segments of the dataset, from the start window (``config.start_window``) or all of it."""
+        cfg, horizon = self.config, self.model.config.horizon
+        rows = None if cfg.start_window is None else recent_rows(dataset, horizon, cfg.start_window, count, self.generator)
+        return dataset.sample_segments(count, horizon, generator=self.generator, indices=rows)
 
     def _closed_loop_update(self, dataset: EpisodeDataset, s0: torch.Tensor) -> tuple[SegmentBatch, dict[str, float]]:
         """The agent acts step by step in a DreamVectorEnv batch started at ``s0``; one A2C update."""

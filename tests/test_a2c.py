@@ -358,3 +358,25 @@ def test_epochs_and_minibatches_take_that_many_steps_and_the_clip_bounds_the_cha
     assert A2CConfig.named("ppo", lr_actor=1e-4).clip_ratio == 0.2
     with pytest.raises(ValueError, match="choose one of"):
         A2CConfig.named("trpo")
+
+
+@pytest.mark.parametrize("terminal_first", [False, True])
+def test_update_critic_converges_to_the_segments_value_and_leaves_the_actor(terminal_first: bool) -> None:
+    # Reward 1 per step. Without terminations V = 1 / (1 - gamma) = 2 everywhere (bootstrapped through the
+    # critic itself: only `update` moves a target critic); when every segment terminates on its first
+    # transition, V(s_0) = 1 and nothing after counts.
+    torch.manual_seed(0)
+    agent = A2CAgent(3, 1, A2CConfig(hidden_sizes=(32, 32), gamma=0.5, lr_critic=3e-3, target_ema=None))
+    actor_before = [p.detach().clone() for p in agent.actor.parameters()]
+    seg = random_segments(64, 5, 3, 1, seed=2)
+    seg.rewards[:] = 1.0
+    seg.terminations[:] = False
+    seg.terminations[:, 0] = terminal_first
+    for _ in range(400):
+        metrics = agent.update_critic(seg)
+    expected = 1.0 if terminal_first else 2.0
+    values = agent.critic(seg.states[:, 0])
+    assert abs(float(values.mean()) - expected) < 0.05, float(values.mean())
+    assert metrics["real_value_mse"] < 0.01
+    for before, after in zip(actor_before, agent.actor.parameters()):
+        assert torch.equal(before, after)
