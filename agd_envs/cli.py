@@ -43,16 +43,22 @@ def _repair(args: argparse.Namespace) -> None:
 
 
 def _fit(args: argparse.Namespace) -> None:
+    from agd_envs.distributed import distributed_from_env
     from agd_envs.training import fit_main
+    from agd_envs.world_model import WorldModelConfig
 
-    out = fit_main(
-        task=args.task, dataset=args.dataset, preset=args.preset, steps=args.steps,
-        out=args.out, seed=args.seed, device=args.device, reward_head=args.reward_head,
-    )
-    print(f"saved world model to {out}")
+    overrides = dict(parse_field_value(item, WorldModelConfig) for item in args.model_set or [])
+    with distributed_from_env(args.device) as ranks:  # one process, or the ranks torchrun started
+        out = fit_main(
+            task=args.task, dataset=args.dataset, preset=args.preset, steps=args.steps, out=args.out, seed=args.seed,
+            device=args.device, reward_head=args.reward_head, model_overrides=overrides, distributed=ranks,
+        )  # fmt: skip
+        if ranks.is_main:
+            print(f"saved world model to {out}")
 
 
 def _train(args: argparse.Namespace) -> None:
+    from agd_envs.distributed import distributed_from_env
     from agents.trainer import AGDTrainer, TrainerConfig, config_from_run
 
     if args.resume:
@@ -64,8 +70,10 @@ def _train(args: argparse.Namespace) -> None:
         guide = args.guide or ("none" if args.world_model == "oracle" else "eag")
         steps, seed = (DEFAULT_STEPS if args.steps is None else args.steps), (0 if args.seed is None else args.seed)
         config = TrainerConfig.for_task(args.task, guide=guide, steps=steps, seed=seed, **overrides)
-    trainer = AGDTrainer(config, args.out, resume=args.resume)
-    rows = trainer.train()
+    with distributed_from_env(config.device) as ranks:  # one process, or the ranks torchrun started
+        rows = AGDTrainer(config, args.out, resume=args.resume, distributed=ranks).train()
+        if not ranks.is_main:
+            return  # rank 0 logs and reports
     first, last = rows[0], rows[-1]
     print(
         f"{config.task} {config.guide} seed {config.seed}: eval return {float(first['eval_return_mean']):.1f} -> "
@@ -84,6 +92,7 @@ DEFAULT_STEPS = 100_000
 def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The TrainerConfig fields the given ``agd train`` flags set (flags left out set nothing)."""
     overrides = {k: v for k, v in vars(args).items() if k in _TRAIN_OVERRIDES and v is not None}
+    overrides |= _set_overrides(args)
     if overrides.get("warm_start") == "none":
         overrides["warm_start"] = None  # TrainerConfig: prefill with random steps
     from agd_envs.world_model import WorldModelConfig
@@ -98,6 +107,17 @@ def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
         overrides["a2c"] = dict(A2C_PRESETS[args.agent])
     return overrides
+
+
+def _set_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The TrainerConfig fields ``agd train --set FIELD=VALUE ...`` sets (its dict fields have their own flags)."""
+    from agents.trainer import TrainerConfig
+
+    fields = dict(parse_field_value(item, TrainerConfig) for item in args.set or [])
+    clash = sorted(set(fields) & set(_DICT_FLAGS))
+    if clash:
+        raise ValueError(f"--set {clash[0]}=...: set {clash[0]} entries with {_DICT_FLAGS[clash[0]]} instead")
+    return fields
 
 
 _DICT_FLAGS = {"model": "--model-set/--reward-head", "a2c": "--agent"}
@@ -125,6 +145,8 @@ def _resumed_config(config: "TrainerConfig", args: argparse.Namespace) -> "Train
         if key in _DICT_FLAGS:
             shown = args.agent if key == "a2c" else " ".join(args.model_set or [])
             differs, flag = any(saved.get(k) != v for k, v in value.items()), _DICT_FLAGS[key]
+        elif key in _set_overrides(args):
+            differs, flag, shown = saved != value, "--set", f"{key}={value}"
         else:
             differs, flag, shown = saved != value, "--" + key.replace("_", "-"), value
         if differs:
@@ -200,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--device", default="cpu")
     fit.add_argument("--reward-head", dest="reward_head", action="store_true",
                      help="add the per-transition reward head (WorldModelConfig.reward_head)")  # fmt: skip
+    fit.add_argument("--model-set", dest="model_set", nargs="+", metavar="FIELD=VALUE",
+                     help="world-model config overrides on the preset, e.g. width=256 batch_size=512")
     fit.set_defaults(func=_fit)
 
     train = sub.add_parser("train", help="AGD-MBRL training (paper Algorithm 1) on a real task")
@@ -232,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="predict rewards with a per-transition head on (s, a, s') instead of the denoised entries")  # fmt: skip
     train.add_argument("--model-set", dest="model_set", nargs="+", metavar="FIELD=VALUE",
                        help="world-model config overrides on the preset, e.g. dynamics_prior=false anchor_states=true")
+    train.add_argument("--set", nargs="+", metavar="FIELD=VALUE",
+                       help="TrainerConfig fields without a flag of their own, e.g. model_pretrain_updates=500 imagination_batch=512")
     train.add_argument("--plot", action="store_true", help="write learning_curve.png into the run directory")
     train.set_defaults(func=_train)
 

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from agd_envs.batch import SegmentBatch
 from agd_envs.diffusion import NoiseSchedule, q_sample
+from agd_envs.distributed import Distributed
 from agd_envs.normalization import HasStatistics
 from agd_envs.reward_head import reward_head_loss
 from agd_envs.segments import SegmentLayout, encode_segment
@@ -141,13 +142,20 @@ class WorldModelTrainer:
     The model holds only what sampling needs (network, EMA network, normalizer, config); whatever updates
     the weights lives here, so repeated ``fit`` calls on one trainer continue the optimizer's moments
     (periodic refits, ``RealEnvCollector.refit``) and a run checkpoint saves ``state_dict()`` beside the model.
+
+    With ``distributed`` spanning several processes (agd_envs.distributed), ``fit``'s batch is the global one:
+    each rank draws its share with its own generator, gradients are averaged across ranks before clipping,
+    and rank 0's weights and normalizer are broadcast at the start and after every normalizer refit.
     """
 
-    def __init__(self, model: WorldModel) -> None:
+    def __init__(self, model: WorldModel, distributed: Distributed | None = None) -> None:
         self.model = model
+        self.distributed = distributed or Distributed()
         self.optimizer = torch.optim.AdamW(
             model.trainable_parameters(), lr=model.config.lr, weight_decay=model.config.weight_decay
         )
+        self.distributed.broadcast_modules(model)
+        self._gradient_hooks = self.distributed.average_gradients(model.trainable_parameters())
 
     def fit(
         self,
@@ -174,16 +182,20 @@ class WorldModelTrainer:
         :param callback: called with each log record; returning True stops training.
         :param max_seconds: wall-clock budget; training stops at the first update past it.
         """
-        model, config = self.model, self.model.config
-        batch_size = batch_size or config.batch_size
+        model, config, ranks = self.model, self.model.config, self.distributed
+        if ranks.enabled and (callback is not None or max_seconds is not None):
+            raise ValueError("callback and max_seconds stop ranks at different updates; a distributed fit takes a fixed number of steps")
+        batch_size = ranks.share(batch_size or config.batch_size, "batch_size")
         if update_normalizer:
             model.normalizer.fit(dataset.statistics())
-            fit_segment_moments(model, dataset, generator)
+            if ranks.is_main:  # the other ranks receive rank 0's moments; their generators stay untouched
+                fit_segment_moments(model, dataset, generator)
+            ranks.broadcast_modules(model)
         self._move_optimizer_state()
         model.network.train()
         log: list[dict[str, float]] = []
         start, running, count = time.perf_counter(), 0.0, 0
-        bar = tqdm(range(steps), desc="fit world model", disable=not progress, dynamic_ncols=True)
+        bar = tqdm(range(steps), desc="fit world model", disable=not (progress and ranks.is_main), dynamic_ncols=True)
         for i in bar:
             batch = dataset.sample_segments(batch_size, config.horizon, generator=generator, device=model.device)
             running, count = running + self.step(batch, generator), count + 1
@@ -242,18 +254,29 @@ class WorldModelTrainer:
 
 
 def fit_main(
-    task: str, dataset: str, preset: str, steps: int, out: str, seed: int, device: str, reward_head: bool = False
+    task: str, dataset: str, preset: str, steps: int, out: str, seed: int, device: str, reward_head: bool = False,
+    model_overrides: dict[str, Any] | None = None, distributed: Distributed | None = None,
 ) -> Path:
-    """``agd fit``: train a ``preset`` world model for ``task`` on the dataset at ``dataset``, save to ``out``."""
+    """``agd fit``: train a ``preset`` world model for ``task`` on the dataset at ``dataset``, save to ``out``.
+
+    ``model_overrides`` set ``WorldModelConfig`` fields of the preset; under ``distributed`` every rank fits
+    its share of each global batch and rank 0 saves.
+    """
     from agd_envs.datasets import EpisodeDataset
 
     data = EpisodeDataset.open(dataset)
     wanted, found = get_task(task), get_task(data.task)
     if wanted.name != found.name:
         raise ValueError(f"dataset {dataset} holds {found.name} data, not {wanted.name}; pass --task {found.name}")
+    ranks = distributed or Distributed()
     torch.manual_seed(seed)
-    model = WorldModel(WorldModelConfig.preset(preset, wanted, reward_head=reward_head)).to(device)
-    log = WorldModelTrainer(model).fit(data, steps, generator=torch.Generator().manual_seed(seed))
-    path = model.save(out)
-    print(f"saved {path} after {int(model.num_updates)} updates, final loss {log[-1]['loss']:.4f}")
+    config = WorldModelConfig.preset(preset, wanted, **{"reward_head": reward_head, **(model_overrides or {})})
+    model = WorldModel(config).to(device)
+    generator = torch.Generator().manual_seed(ranks.seed(seed))
+    log = WorldModelTrainer(model, ranks).fit(data, steps, generator=generator)
+    path = Path(out)
+    if ranks.is_main:
+        model.save(out)
+        print(f"saved {path} after {int(model.num_updates)} updates, final loss {log[-1]['loss']:.4f}")
+    ranks.barrier()  # every rank returns once the checkpoint exists
     return path
