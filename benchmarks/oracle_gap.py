@@ -20,6 +20,7 @@ Run (repo root):
     python3 benchmarks/oracle_gap.py RUN --fit-updates 2000 8000 20000 --name oracle_gap_refit   # training length
     python3 benchmarks/oracle_gap.py RUN --fit-updates 8000 --set delta_states=true anchor_states=false   # a variant
     python3 benchmarks/oracle_gap.py RUN --mlp-updates 7000   # beside it, a one-step MLP fit on the run's data
+    python3 benchmarks/oracle_gap.py RUN --alphas 0 0.1 0.3 1 --name oracle_gap_alpha   # the run's dream under each EAG scale
 """
 
 from __future__ import annotations
@@ -105,6 +106,7 @@ def gap(agent: A2CAgent, guess: SegmentBatch, real: SegmentBatch, scale: Tensor)
         "reward_std_real": float(real.rewards[valid].std()),
         "return_mean": {"dream": float(returns[0].mean()), "real": float(returns[1].mean())},
         "return_corr": corr(*returns),
+        "advantage_mean": {"dream": float(adv[0][valid].mean()), "real": float(adv[1][valid].mean())},
         "advantage_corr": corr(adv[0][valid], adv[1][valid]),
         "advantage_sign_agreement": float(((adv[0] > 0) == (adv[1] > 0))[valid].double().mean()),
         "gae_advantage_corr": corr(gaes[0][valid], gaes[1][valid]),
@@ -146,10 +148,14 @@ def mlp_segments(prior: DynamicsPrior, norm: Normalizer, task: Task, s0: Tensor,
     return SegmentBatch(states=states, actions=actions, rewards=rewards, terminations=done)
 
 
-def measure(run: Path, starts: int, seed: int, model: WorldModel | None = None, mlp_updates: int = 0) -> dict[str, object]:
+def measure(run: Path, starts: int, seed: int, model: WorldModel | None = None, mlp_updates: int = 0,
+            alpha: float | None = None) -> dict[str, object]:
     """The gap between the run's dream (or ``model``'s) and the real simulator (see the module docstring);
-    with ``mlp_updates``, also a one-step MLP's (``fit_one_step_mlp``) under the same actions, as ``"one_step_mlp"``."""
+    with ``mlp_updates``, also a one-step MLP's (``fit_one_step_mlp``) under the same actions, as ``"one_step_mlp"``;
+    with ``alpha``, the dream is guided by EAG at that scale (0: unguided) instead of the run's guide."""
     config, agent = agent_from_run(run)
+    if alpha is not None:
+        config.guide, config.alpha = ("eag", alpha) if alpha > 0 else ("none", None)
     model = model if model is not None else WorldModel.load(run / "checkpoint" / "model")
     data = EpisodeDataset.open(run / "data", task=config.task)
     gen = torch.Generator().manual_seed(seed)
@@ -161,7 +167,7 @@ def measure(run: Path, starts: int, seed: int, model: WorldModel | None = None, 
     real = SegmentBatch(states=states, actions=dream.actions, rewards=rewards, terminations=done)
     oracle.close()
     scale = torch.as_tensor(np.asarray(data.statistics().obs_std), dtype=torch.float32)
-    row: dict[str, object] = {"run": str(run), "task": config.task, "guide": config.guide, "dataset_steps": int(data.num_steps),
+    row: dict[str, object] = {"run": str(run), "task": config.task, "guide": config.guide, "alpha": config.alpha, "dataset_steps": int(data.num_steps),
                               "world_model": {k: v for k, v in model.config.to_dict().items() if k in ("dynamics_prior", "delta_states", "anchor_states")}}  # fmt: skip
     row |= gap(agent, dream, real, scale)
     row["action_saturation"] = float((dream.actions.abs() >= 1.0).double().mean())
@@ -199,6 +205,8 @@ def main() -> None:
                         help="instead of the run's model: a fresh cpu-preset model fit on the run's data, measured at these update counts")
     parser.add_argument("--mlp-updates", type=int, default=0,
                         help="also measure a one-step MLP (agd_envs/dynamics_prior.py alone) fit for this many updates on the run's data")
+    parser.add_argument("--alphas", type=float, nargs="*", default=[],
+                        help="measure the run's dream guided by EAG at each of these scales (0: unguided) instead of the run's guide")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=JSON",
                         help="with --fit-updates: WorldModelConfig overrides of the fresh model, e.g. width=512 delta_states=true")
     args = parser.parse_args()
@@ -207,7 +215,8 @@ def main() -> None:
         overrides = dict(parse_field_value(item, WorldModelConfig) for item in args.set)
         rows = [row for run in args.runs for row in refits(run, args.fit_updates, overrides, args.starts, args.seed)]
     else:
-        rows = [measure(run, args.starts, args.seed, mlp_updates=args.mlp_updates) for run in args.runs]
+        alphas = args.alphas or [None]
+        rows = [measure(run, args.starts, args.seed, mlp_updates=args.mlp_updates, alpha=a) for run in args.runs for a in alphas]
     write_result(args.name, {"starts": args.starts, "runs": rows})
 
 

@@ -189,3 +189,24 @@ def test_recent_start_states_come_from_the_newest_episodes() -> None:
     episodes = set(starts[rows.numpy(), 0].tolist())
     assert episodes == set(range(790, 800))  # the last 10 episodes hold the last 500 transitions, all drawn
     assert set(starts[recent_rows(data, 10, 1, 64, torch.Generator()).numpy(), 0].tolist()) == {799}
+
+
+def test_critic_real_segments_give_the_critic_real_windows_of_the_start_window(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    from agents.a2c import A2CAgent
+
+    seen = []
+    original = A2CAgent.update_critic
+    monkeypatch.setattr(A2CAgent, "update_critic", lambda self, seg: seen.append(seg) or original(self, seg))
+    config = tiny_config(steps=400, world_model="oracle", guide="none", critic_real_segments=24, start_window=200)
+    trainer = AGDTrainer(config, tmp_path / "run", progress=False)
+    rows = trainer.train()
+    updates = round(config.agent_updates_per_step * config.iteration_steps) * 2  # two iterations
+    assert len(seen) == updates and all(seg.states.shape == (24, trainer.model.config.horizon + 1, 10) for seg in seen)
+    data = trainer._dataset()
+    newest = np.concatenate([data.episode(i).observations for i in range(data.num_episodes - 4, data.num_episodes)])
+    for seg in seen[-2:]:  # real windows, all from the newest 200 transitions (4 Reacher episodes of 50)
+        s0 = seg.states[:, 0].numpy()
+        assert np.abs(newest[None] - s0[:, None]).max(-1).min(1).max() < 1e-6
+    assert np.isfinite(float(rows[-1]["critic_loss"]))
