@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from agd_envs.sweep import ALGOS as SWEEP_ALGOS
 from agd_envs.tasks import TASKS, get_task
 
 
@@ -193,6 +194,30 @@ def _baseline(args: argparse.Namespace) -> None:
     print(f"{args.algo} {args.task} seed {args.seed}: eval return {float(rows[0]['eval_return_mean']):.1f} -> {float(rows[-1]['eval_return_mean']):.1f}")
 
 
+def _sweep(args: argparse.Namespace) -> None:
+    import shlex
+    import signal
+
+    from agd_envs.sweep import SweepConfig, run_sweep
+
+    config = SweepConfig(
+        tasks=tuple(args.tasks), algos=tuple(args.guides), seeds=tuple(args.seeds), steps=args.steps, out=Path(args.out),
+        warm_start=args.warm_start, prefill_steps=args.prefill_steps, reward_head=args.reward_head,
+        train_args=tuple(shlex.split(args.train_args)), baseline_args=tuple(shlex.split(args.baseline_args)),
+        cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run, address=args.address, num_cpus=args.num_cpus,
+    )  # fmt: skip
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # as Ctrl-C: Ray shuts down (its runs stop) before the process ends
+
+    signal.signal(signal.SIGTERM, interrupt)
+    status = run_sweep(config, report=lambda job, line: print(f"{job.name}: {line}", flush=True))
+    failed = sorted(name for name, line in status.items() if line.startswith("FAILED"))
+    print(f"{len(status) - len(failed)} of {len(status)} runs finished in {config.out}" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    if failed:
+        raise SystemExit(1)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``agd`` (one sub-command per stage)."""
     parser = argparse.ArgumentParser(prog="agd", description="Advantage-guided diffusion world models as Gymnasium envs.")
@@ -286,6 +311,27 @@ def build_parser() -> argparse.ArgumentParser:
     baseline.add_argument("--eval-every", dest="eval_every", type=int, default=5000)
     baseline.add_argument("--device", default="cpu")
     baseline.set_defaults(func=_baseline)
+
+    sweep = sub.add_parser("sweep", help="a grid of tasks x algorithms x seeds as Ray tasks (pip install 'agd-envs[ray]'); relaunch to continue")
+    sweep.add_argument("--tasks", nargs="+", required=True, choices=tasks)
+    sweep.add_argument("--guides", "--algos", dest="guides", nargs="+", required=True,
+                       choices=SWEEP_ALGOS,
+                       help="agd train guides, oracle (the real simulator as the model) and the ppo/trpo baselines")  # fmt: skip
+    sweep.add_argument("--seeds", type=int, nargs="+", required=True)
+    sweep.add_argument("--steps", type=int, required=True,
+                       help="real steps per run, as logged in real_steps (with --warm-start none the prefill included)")
+    sweep.add_argument("--out", required=True, help="sweep directory: one run directory per run (agd plot OUT/*)")
+    sweep.add_argument("--address", help="Ray cluster to run on (e.g. auto, or HEAD_IP:6379 from a cluster node); default: a local Ray")
+    sweep.add_argument("--num-cpus", dest="num_cpus", type=int, help="CPUs of the local Ray (default: all)")
+    sweep.add_argument("--cpus-per-run", dest="cpus_per_run", type=float, default=1.0)
+    sweep.add_argument("--gpus-per-run", dest="gpus_per_run", type=float, default=0.0, help="> 0: runs get --device cuda")
+    sweep.add_argument("--warm-start", dest="warm_start", default="none",
+                       help="none (default: --prefill-steps random steps, the Table I protocol), shipped, or a dataset path")
+    sweep.add_argument("--prefill-steps", dest="prefill_steps", type=int, default=5000)
+    sweep.add_argument("--reward-head", dest="reward_head", action="store_true", help="AGD runs with the reward head (<run>-rhead-s<seed>)")
+    sweep.add_argument("--train-args", dest="train_args", default="", help="more agd train flags for new runs, one string")
+    sweep.add_argument("--baseline-args", dest="baseline_args", default="", help="more agd baseline flags, one string")
+    sweep.set_defaults(func=_sweep)
     return parser
 
 

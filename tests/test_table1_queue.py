@@ -1,9 +1,11 @@
-"""The Table I queue resumes what it can and restarts what it cannot (benchmarks/table1.py)."""
+"""benchmarks/table1.py, now a wrapper of `agd sweep`: it skips the runs already complete in --results."""
 
 from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+
+from agd_envs.sweep import SweepConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -15,24 +17,22 @@ def _table1():  # benchmarks/ is a script folder, not an installed package: load
     return module
 
 
-def test_a_run_killed_before_its_first_checkpoint_starts_over(tmp_path: Path) -> None:
+def test_runs_complete_in_results_are_skipped_and_the_rest_go_to_the_sweep(tmp_path: Path) -> None:
     table1 = _table1()
-    out = tmp_path / "hopper-reward-s1"
-    (out / "data").mkdir(parents=True)
-    (out / "config.json").write_text("{}")
-    assert table1.clear_unresumable(out, "reward") and not out.exists()
-    argv = table1.command("Hopper", "reward", 1, 100_000, out)
-    assert "--resume" not in argv and argv[argv.index("--guide") + 1] == "reward"
-    # Fair accounting: 5k random prefill + 95k online steps = the 100k real steps PPO gets.
-    assert argv[argv.index("--steps") + 1] == "95000" and argv[argv.index("--warm-start") + 1] == "none"
-    oracle = table1.command("Hopper", "oracle", 0, 100_000, tmp_path / "o")
-    assert oracle[oracle.index("--world-model") + 1] == "oracle" and oracle[oracle.index("--guide") + 1] == "none"
+    config = SweepConfig(tasks=("Hopper",), algos=("eag", "ppo"), seeds=(0, 1), steps=100_000, out=tmp_path / "work",
+                         prefill_steps=table1.PREFILL_STEPS)  # fmt: skip
+    results = tmp_path / "results"
+    for name, last in (("hopper-eag-s0", 100_000), ("hopper-eag-s1", 45_000)):
+        (results / name).mkdir(parents=True)
+        (results / name / "progress.csv").write_text(f"real_steps,eval_return_mean\n0,1.0\n{last},2.0\n")
+    assert table1.finished_steps(results / "hopper-eag-s1" / "progress.csv") == 45_000
+    pending = [job.name for job in table1.pending_jobs(config, results)]
+    assert pending == ["hopper-eag-s1", "hopper-ppo-s0", "hopper-ppo-s1"]  # the work dirs' names are unchanged
+    table1.copy_result(_run(tmp_path / "work" / "hopper-ppo-s0"), results)
+    assert (results / "hopper-ppo-s0" / "progress.csv").read_text() == "real_steps\n100000\n"
 
 
-def test_a_checkpointed_run_resumes_and_ppo_always_restarts(tmp_path: Path) -> None:
-    table1 = _table1()
-    out = tmp_path / "hopper-eag-s0"
-    (out / "checkpoint").mkdir(parents=True)
-    assert not table1.clear_unresumable(out, "eag") and (out / "checkpoint").exists()
-    assert table1.command("Hopper", "eag", 0, 100_000, out) == ["agd", "train", "--resume", "--out", str(out)]
-    assert table1.clear_unresumable(out, "ppo") and not out.exists()
+def _run(path: Path) -> Path:
+    path.mkdir(parents=True)
+    (path / "progress.csv").write_text("real_steps\n100000\n")
+    return path
