@@ -211,7 +211,7 @@ def _sweep(args: argparse.Namespace) -> None:
         raise KeyboardInterrupt  # as Ctrl-C: Ray shuts down (its runs stop) before the process ends
 
     signal.signal(signal.SIGTERM, interrupt)
-    status = run_sweep(config, report=lambda job, line: print(f"{job.name}: {line}", flush=True))
+    status = run_sweep(config, main, report=lambda job, line: print(f"{job.name}: {line}", flush=True))
     failed = sorted(name for name, line in status.items() if line.startswith("FAILED"))
     print(f"{len(status) - len(failed)} of {len(status)} runs finished in {config.out}" + (f"; failed: {', '.join(failed)}" if failed else ""))
     if failed:

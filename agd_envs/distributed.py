@@ -86,21 +86,33 @@ class Distributed:
         return box[0]
 
     def average_gradients(self, parameters: Iterable[nn.Parameter]) -> list[RemovableHandle]:
-        """From now on, average each parameter's gradient across ranks as soon as a backward pass accumulates it.
+        """From now on, average the gradients of ``parameters`` across ranks at the end of every backward pass.
 
-        Ranks must run the same backward passes (they do: same code on same-shaped batches); gradients computed
-        with ``torch.autograd.grad`` (the guides' input gradients) do not accumulate and are left alone.
-        Returns the hook handles (``handle.remove()`` stops the averaging).
+        One all-reduce per backward pass, of the gradients it accumulated flattened into one buffer (one call per
+        parameter costs 12x as much: 72 vs 5.8 ms for the Reacher cpu model's 37 tensors on 2 loaded cores), done
+        before the caller's clipping and optimizer step. Ranks must run the same backward passes (they do: same
+        code on same-shaped batches); gradients taken with ``torch.autograd.grad`` (the guides' input gradients)
+        accumulate nothing and are left alone. Returns the hook handles (``handle.remove()`` stops it).
         """
         if not self.enabled:
             return []
-        world_size = self.world_size
+        world_size, fired = self.world_size, []
 
-        def average(parameter: torch.Tensor) -> None:
-            dist.all_reduce(parameter.grad)
-            parameter.grad.div_(world_size)
+        def accumulated(parameter: torch.Tensor) -> None:
+            if not fired:  # the first of this backward pass: average once the whole pass is done (as DDP's reducer)
+                torch.autograd.Variable._execution_engine.queue_callback(average)
+            fired.append(parameter)
 
-        return [p.register_post_accumulate_grad_hook(average) for p in parameters if p.requires_grad]
+        def average() -> None:
+            grads = [p.grad for p in fired]
+            fired.clear()
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            dist.all_reduce(flat)
+            flat.div_(world_size)
+            for grad, part in zip(grads, flat.split([g.numel() for g in grads])):
+                grad.copy_(part.view_as(grad))
+
+        return [p.register_post_accumulate_grad_hook(accumulated) for p in parameters if p.requires_grad]
 
 
 def backend_for(device: str | torch.device) -> str:

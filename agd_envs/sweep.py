@@ -142,18 +142,20 @@ def clear_unresumable(job: Job, run_dir: Path) -> bool:
     return False
 
 
-def run_one(argv: list[str], log_path: str, threads: int) -> tuple[int, float]:
+AgdMain = Callable[[list[str]], None]
+"""The ``agd`` command as a function of its arguments (``agd_envs.cli.main``; passed in, as the CLI imports this module)."""
+
+
+def run_one(agd: AgdMain, argv: list[str], log_path: str, threads: int) -> tuple[int, float]:
     """Run ``agd <argv>`` in this process with its output appended to ``log_path``; (exit code, minutes)."""
     import torch
-
-    from agd_envs.cli import main
 
     torch.set_num_threads(max(1, threads))
     start = time.time()
     with open(log_path, "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         print(f"$ agd {' '.join(argv)}", flush=True)
         try:
-            main(argv)
+            agd(argv)
             code = 0
         except SystemExit as exit_:  # agd's errors exit 2 after printing what was wrong
             code = exit_.code if isinstance(exit_.code, int) else 1
@@ -161,9 +163,11 @@ def run_one(argv: list[str], log_path: str, threads: int) -> tuple[int, float]:
 
 
 def run_sweep(
-    config: SweepConfig, jobs: list[Job] | None = None, report: Callable[[Job, str], Any] = lambda job, status: None
+    config: SweepConfig, agd: AgdMain, jobs: list[Job] | None = None,
+    report: Callable[[Job, str], Any] = lambda job, status: None,
 ) -> dict[str, str]:
-    """Run ``jobs`` (default: the whole grid) on Ray, skipping finished runs; {run name: status}, each ``report``-ed as it ends."""
+    """Run ``jobs`` (default: the whole grid) on Ray with ``agd`` (``agd_envs.cli.main``), skipping finished runs;
+    {run name: status}, each ``report``-ed as it ends."""
     try:
         import ray
     except ImportError as err:
@@ -189,7 +193,7 @@ def run_sweep(
             run_dir = config.out / job.name
             clear_unresumable(job, run_dir)
             argv = command(job, config, run_dir)
-            pending[remote.remote(argv, str(logs / f"{job.name}.log"), int(config.cpus_per_run))] = job
+            pending[remote.remote(agd, argv, str(logs / f"{job.name}.log"), int(config.cpus_per_run))] = job
         while pending:
             [ref], _ = ray.wait(list(pending), num_returns=1)
             job = pending.pop(ref)

@@ -26,6 +26,7 @@ import csv
 import shutil
 from pathlib import Path
 
+from agd_envs.cli import main as agd_main
 from agd_envs.sweep import ALGOS, Job, SweepConfig, run_name, run_sweep
 
 RUNS = Path(__file__).resolve().parent / "results" / "runs"
@@ -81,7 +82,7 @@ def main() -> None:
             copy_result(config.out / job.name, args.results)
         print(f"{job.name}: {status}", flush=True)
 
-    run_sweep(config, jobs, report=report)
+    run_sweep(config, agd_main, jobs, report=report)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import TINY_MODEL
 
+from agd_envs.cli import main as agd_main
 from agd_envs.sweep import Job, SweepConfig, clear_unresumable, command, is_finished, run_sweep
 from agents.plotting import read_runs, table
 
@@ -72,7 +73,7 @@ def _reacher_sweep(out: Path, steps: int) -> SweepConfig:
 def test_a_2x2_reacher_sweep_on_a_local_ray_finishes_with_4_runs(tmp_path: Path) -> None:
     pytest.importorskip("ray")  # ~17 s, most of it Ray's start and its workers' imports
     config = _reacher_sweep(tmp_path / "sweep", steps=600)
-    status = run_sweep(config, report=lambda job, line: None)
+    status = run_sweep(config, agd_main)
     assert sorted(status) == ["reacher-eag-s0", "reacher-eag-s1", "reacher-none-s0", "reacher-none-s1"]
     assert all(line.startswith("done") for line in status.values()), status
     runs = _shell_glob(config.out)  # what `agd table DIR/*` reads: run directories only
