@@ -25,9 +25,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 MODEL_SET = [f"{k}={v}" for k, v in TINY_MODEL.items()]
 
 
-def torchrun(*agd_args: str, processes: int = 2) -> subprocess.CompletedProcess[str]:
-    """``torchrun --standalone --nproc_per_node=<processes> -m agd_envs <agd_args>``, one thread per process."""
-    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", "-m", "agd_envs", *agd_args]
+def torchrun(*agd_args: str, processes: int = 2, script: list[str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``torchrun --standalone --nproc_per_node=<processes> -m agd_envs <agd_args>`` (or ``script``), one thread per process."""
+    target = script if script is not None else ["-m", "agd_envs", *agd_args]
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", *target]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -84,6 +85,16 @@ def test_a_global_count_that_does_not_split_evenly_is_refused() -> None:
     assert Distributed().seed(7) == 7 and Distributed(rank=1, world_size=2).seed(7) != 7
 
 
+def test_every_rank_holds_the_same_agent_and_world_model_after_distributed_training(tmp_path: Path) -> None:
+    out = tmp_path / "ranks.json"
+    torchrun(script=[str(Path(__file__).with_name("_ranks_agree.py")), str(tmp_path / "run"), str(out)])
+    report = json.loads(out.read_text())
+    rank0, rank1 = report["fingerprints"]
+    assert len(rank0) > 50  # weights, buffers and optimizer moments of the agent, the model and its trainer
+    assert rank0 == rank1, [i for i, (a, b) in enumerate(zip(rank0, rank1)) if a != b][:5]
+    assert report["draws"][0] != report["draws"][1]  # yet each rank drew its own segments
+
+
 def _rows(run: Path) -> list[dict[str, str]]:
     with (run / "progress.csv").open(newline="") as f:
         return list(csv.DictReader(f))
@@ -110,3 +121,14 @@ def test_two_process_train_writes_one_log_and_one_checkpoint_and_resumes(tmp_pat
     assert int(rows[-1]["real_steps"]) - int(rows[0]["real_steps"]) == 600
     assert EpisodeDataset.open(run).num_steps >= int(rows[0]["real_steps"]) + 600 - 50  # Reacher episodes: 50 steps
     assert done.stdout.count("eval return") == 1  # rank 0 alone reports
+
+
+def test_agd_train_set_names_what_is_wrong(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from agd_envs.cli import main as agd_main
+
+    for item, message in (("bogus=1", "expected FIELD=VALUE with FIELD a TrainerConfig field"),
+                          ("model={}", "set model entries with --model-set/--reward-head instead")):  # fmt: skip
+        with pytest.raises(SystemExit):
+            agd_main(["train", "--task", "Reacher", "--set", item, "--out", str(tmp_path / "run")])
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -70,8 +70,9 @@ def _reacher_sweep(out: Path, steps: int) -> SweepConfig:
                        train_args=tuple(TINY_TRAIN.split()), num_cpus=2)  # fmt: skip
 
 
+@pytest.mark.slow  # ~17 s, most of it Ray's start and its workers' imports
 def test_a_2x2_reacher_sweep_on_a_local_ray_finishes_with_4_runs(tmp_path: Path) -> None:
-    pytest.importorskip("ray")  # ~17 s, most of it Ray's start and its workers' imports
+    pytest.importorskip("ray")
     config = _reacher_sweep(tmp_path / "sweep", steps=600)
     status = run_sweep(config, agd_main)
     assert sorted(status) == ["reacher-eag-s0", "reacher-eag-s1", "reacher-none-s0", "reacher-none-s1"]
