@@ -24,6 +24,7 @@ import contextlib
 import json
 import shutil
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -159,6 +160,9 @@ def run_one(agd: AgdMain, argv: list[str], log_path: str, threads: int) -> tuple
             code = 0
         except SystemExit as exit_:  # agd's errors exit 2 after printing what was wrong
             code = exit_.code if isinstance(exit_.code, int) else 1
+        except Exception:  # a crash of the run: its traceback goes to the run's log, the sweep goes on
+            traceback.print_exc()
+            code = 1
     return code, (time.time() - start) / 60
 
 

@@ -14,7 +14,7 @@ import pytest
 from conftest import TINY_MODEL
 
 from agd_envs.cli import main as agd_main
-from agd_envs.sweep import Job, SweepConfig, clear_unresumable, command, is_finished, run_sweep
+from agd_envs.sweep import Job, SweepConfig, clear_unresumable, command, is_finished, run_one, run_sweep
 from agents.plotting import read_runs, table
 
 TINY_TRAIN = ("--iteration-steps 200 --eval-every 200 --checkpoint-every 200 --eval-episodes 2 --model-set "
@@ -58,6 +58,15 @@ def test_bad_sweeps_are_refused_with_the_fix(tmp_path: Path) -> None:
         SweepConfig(tasks=("Hopper",), algos=("eag",), seeds=(0,), steps=3000, out=tmp_path)
     with pytest.raises(ValueError, match="Pong"):
         SweepConfig(tasks=("Pong",), algos=("eag",), seeds=(0,), steps=10_000, out=tmp_path)
+
+
+def test_a_failing_run_reports_its_exit_code_and_keeps_its_error_in_the_log(tmp_path: Path) -> None:
+    log = tmp_path / "run.log"
+    argv = ["train", "--task", "Reacher", "--set", "bogus=1", "--out", str(tmp_path / "run")]
+    code, minutes = run_one(agd_main, argv, str(log), threads=1)
+    assert code == 2 and minutes < 1
+    text = log.read_text()
+    assert text.startswith("$ agd train --task Reacher") and "expected FIELD=VALUE with FIELD a TrainerConfig field" in text
 
 
 def _shell_glob(directory: Path) -> list[Path]:
