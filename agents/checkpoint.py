@@ -63,7 +63,8 @@ class RunCheckpoint:
             if not (self.dir / "state.json").exists():
                 raise RunError(f"{self.run_dir}: no checkpoint yet (checkpoint/state.json); start the run again without --resume in a new --out")
             wanted = json.loads(json.dumps(config))  # tuples -> lists, as saved
-            changed = sorted(k for k in set(saved) | set(wanted) if k != "steps" and saved.get(k) != wanted.get(k))
+            # A field missing from the saved config was added after the run started: it resumes at its default.
+            changed = sorted(k for k in saved if k != "steps" and saved[k] != wanted.get(k))
             if changed:
                 key = changed[0]
                 raise RunError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -143,6 +144,9 @@ def test_resume_with_more_steps_extends_the_run_as_if_uninterrupted(tmp_path: Pa
     full = AGDTrainer(tiny_config(steps=400), tmp_path / "full", progress=False).train()
     AGDTrainer(tiny_config(steps=200), tmp_path / "short", progress=False).train()
     _write_pre_trainer_format(tmp_path / "short" / "checkpoint" / "training.pt")  # old runs resume identically too
+    saved = json.loads((tmp_path / "short" / "config.json").read_text())
+    del saved["critic_real_segments"]  # a run started before the field existed resumes at its default
+    (tmp_path / "short" / "config.json").write_text(json.dumps(saved))
     extended = AGDTrainer(tiny_config(steps=400), tmp_path / "short", resume=True, progress=False).train()
     assert _returns(extended) == _returns(full) and len(extended) == 3
     assert '"steps": 400' in (tmp_path / "short" / "config.json").read_text()  # a later --resume knows the new target
