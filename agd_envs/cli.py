@@ -141,12 +141,13 @@ def parse_field_value(item: str, config: type) -> tuple[str, Any]:
 def _resumed_config(config: "TrainerConfig", args: argparse.Namespace) -> "TrainerConfig":
     """The saved config of a run to resume; ``--steps`` may extend it, any other flag must match what was saved."""
     given = {k: getattr(args, k) for k in ("task", "guide", "seed") if getattr(args, k) is not None} | _flag_overrides(args)
+    set_fields = _set_overrides(args)
     for key, value in given.items():
         saved = getattr(config, key)
         if key in _DICT_FLAGS:
             shown = args.agent if key == "a2c" else " ".join(args.model_set or [])
             differs, flag = any(saved.get(k) != v for k, v in value.items()), _DICT_FLAGS[key]
-        elif key in _set_overrides(args):
+        elif key in set_fields:
             differs, flag, shown = saved != value, "--set", f"{key}={value}"
         else:
             differs, flag, shown = saved != value, "--" + key.replace("_", "-"), value
