@@ -103,10 +103,12 @@ def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
         model["reward_head"] = True
     if model:
         overrides["model"] = model
-    if args.agent:
-        from agents.a2c import A2C_PRESETS
+    from agents.a2c import A2C_PRESETS, A2CConfig
 
-        overrides["a2c"] = dict(A2C_PRESETS[args.agent])
+    agent = dict(A2C_PRESETS[args.agent]) if args.agent else {}
+    agent |= dict(parse_field_value(item, A2CConfig) for item in args.agent_set or [])
+    if agent:
+        overrides["a2c"] = agent
     return overrides
 
 
@@ -121,7 +123,7 @@ def _set_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return fields
 
 
-_DICT_FLAGS = {"model": "--model-set/--reward-head", "a2c": "--agent"}
+_DICT_FLAGS = {"model": "--model-set/--reward-head", "a2c": "--agent/--agent-set"}
 """Flags that set entries of a TrainerConfig dict field rather than a field."""
 
 
@@ -145,7 +147,7 @@ def _resumed_config(config: "TrainerConfig", args: argparse.Namespace) -> "Train
     for key, value in given.items():
         saved = getattr(config, key)
         if key in _DICT_FLAGS:
-            shown = args.agent if key == "a2c" else " ".join(args.model_set or [])
+            shown = " ".join([args.agent or "", *(args.agent_set or [])] if key == "a2c" else args.model_set or []).strip()
             differs, flag = any(saved.get(k) != v for k, v in value.items()), _DICT_FLAGS[key]
         elif key in set_fields:
             differs, flag, shown = saved != value, "--set", f"{key}={value}"
@@ -265,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="dataset to start from (default: the shipped one); 'none': --prefill-steps uniform-random steps instead")
     train.add_argument("--agent", choices=["paper", "ppo"],
                        help="agent update scheme (agents/a2c.py A2C_PRESETS): paper = one A2C step per batch (default), ppo = 4 clipped epochs x 4 minibatches")
+    train.add_argument("--agent-set", dest="agent_set", nargs="+", metavar="FIELD=VALUE",
+                       help="A2CConfig overrides on --agent's scheme, e.g. gamma=0.999 target_ema=null")
     train.add_argument("--start-window", dest="start_window", type=int,
                        help="imagine from states of the last N real transitions (default: the whole dataset)")
     train.add_argument("--prefill-steps", dest="prefill_steps", type=int, help="random real steps with --warm-start none (default 5000)")

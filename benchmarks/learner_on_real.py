@@ -35,7 +35,16 @@ try:
 except ImportError:  # run as a script from the repo root
     from _common import write_result
 
-ARMS = {"paper": {}, "ppo": A2C_PRESETS["ppo"], "ppo-sb3": {"epochs": 10, "minibatches": 32, "clip_ratio": 0.2, "gae_lambda": 0.95}}
+ARMS = {
+    "paper": {},
+    "ppo": A2C_PRESETS["ppo"],
+    "ppo-sb3": {"epochs": 10, "minibatches": 32, "clip_ratio": 0.2, "gae_lambda": 0.95},
+    # RL Zoo's Hopper PPO (agents/baselines.py PPO_ZOO) in our agent's fields, at the default std 1.0; with
+    # --envs 1 --rollout 512 the batch (512) and minibatch (32) match too.
+    "sb3-zoo": {"epochs": 5, "minibatches": 16, "clip_ratio": 0.2, "gamma": 0.999, "gae_lambda": 0.99, "target_ema": None,
+                "lr_log_std": None, "lr_actor": 1e-4, "lr_critic": 1e-4, "max_grad_norm_actor": 0.7,
+                "max_grad_norm_critic": 0.7, "entropy_weight": 0.0023, "min_std": 0.01},
+}  # fmt: skip
 
 
 def arm_config(arm: str) -> dict[str, Any]:
@@ -89,6 +98,14 @@ def train_arm(task_name: str, arm: str, steps: int, envs_n: int, rollout_steps: 
     return rows
 
 
+def summarize(runs: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
+    """Per-seed evaluations of one arm -> the mean over seeds at each evaluation and the mean over the whole curve."""
+    curves = np.array([[row["eval_return"] for row in rows] for rows in runs.values()])
+    steps = [row["real_steps"] for row in next(iter(runs.values()))]
+    return {"real_steps": steps, "mean_return": curves.mean(0).round(1).tolist(), "area_mean": round(float(curves.mean()), 1),
+            "final_mean": round(float(curves[:, -1].mean()), 1), "final_std": round(float(curves[:, -1].std()), 1)}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="Hopper")
@@ -98,13 +115,15 @@ def main() -> None:
     parser.add_argument("--rollout", type=int, default=128, help="steps per env per batch (batch = envs x rollout)")
     parser.add_argument("--eval-every", type=int, default=10_000)
     parser.add_argument("--episodes", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed and arm")
     parser.add_argument("--name", default=None, help="result file (default learner_on_real_<task>)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    results = {arm: train_arm(args.task, arm, args.steps, args.envs, args.rollout, args.eval_every, args.episodes, args.seed) for arm in args.arms}
+    results = {arm: {str(seed): train_arm(args.task, arm, args.steps, args.envs, args.rollout, args.eval_every, args.episodes, seed)
+                     for seed in args.seeds} for arm in args.arms}  # fmt: skip
     write_result(args.name or f"learner_on_real_{args.task.lower()}", {
-        "task": args.task, "seed": args.seed, "batch": args.envs * args.rollout, "arms": {a: arm_config(a) for a in args.arms}, "evaluations": results,
+        "task": args.task, "seeds": args.seeds, "batch": args.envs * args.rollout, "arms": {a: arm_config(a) for a in args.arms},
+        "summary": {arm: summarize(runs) for arm, runs in results.items()}, "evaluations": results,
     })  # fmt: skip
 
 

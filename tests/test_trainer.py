@@ -180,6 +180,19 @@ def test_model_set_overrides_world_model_fields_and_names_unknown_ones(tmp_path:
     assert not (tmp_path / "r").exists()
 
 
+def test_agent_set_overrides_the_agent_scheme_and_names_unknown_fields(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from agd_envs.cli import _flag_overrides, build_parser
+
+    argv = ["train", "--task", "Hopper", "--out", "x", "--agent", "ppo", "--agent-set", "gamma=0.999", "target_ema=null", "epochs=5"]
+    assert _flag_overrides(build_parser().parse_args(argv))["a2c"] == {
+        "epochs": 5, "minibatches": 4, "clip_ratio": 0.2, "gamma": 0.999, "target_ema": None}  # fmt: skip
+    with pytest.raises(SystemExit):
+        agd_main(["train", "--task", "Hopper", "--out", str(tmp_path / "h"), "--agent-set", "gama=0.999"])
+    err = capsys.readouterr().err
+    assert "'gama=0.999': expected FIELD=VALUE with FIELD a A2CConfig field" in err and "'gamma'" in err
+    assert not (tmp_path / "h").exists()
+
+
 def test_recent_start_states_come_from_the_newest_episodes() -> None:
     import torch
 
