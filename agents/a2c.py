@@ -264,9 +264,22 @@ class A2CAgent:
         ``real_explained_variance``, ``real_critic_grad_norm``, ``real_value_mean``.
         """
         rows = self._segment_rows(segments)
-        valid = rows["valid"]
-        _, returns = self.value_targets(rows["obs"], rows["rewards"], rows["next_obs"], rows["terminated"], rows["episode_end"])
-        metrics = self._critic_step(rows["obs"][valid], returns[valid])
+        return self._critic_update(rows["obs"], rows["rewards"], rows["next_obs"], rows["terminated"], rows["episode_end"], rows["valid"])
+
+    def update_critic_from_transitions(
+        self, obs: ArrayLike, rewards: ArrayLike, next_obs: ArrayLike, terminated: ArrayLike, truncated: ArrayLike
+    ) -> dict[str, float]:
+        """One critic regression step on λ-returns of ``T x N`` time-major transitions (as :meth:`update_from_transitions`
+        takes them, e.g. whole real episodes laid end to end); the actor is untouched. Metrics as :meth:`update_critic`."""
+        term = _as_tensor(terminated, self.device, torch.bool)
+        end = term | _as_tensor(truncated, self.device, torch.bool)
+        obs_t, next_t, rewards_t = (_as_tensor(x, self.device, torch.float32) for x in (obs, next_obs, rewards))
+        return self._critic_update(obs_t, rewards_t, next_t, term, end, torch.ones_like(term))
+
+    def _critic_update(self, obs: Tensor, rewards: Tensor, next_obs: Tensor, terminated: Tensor, episode_end: Tensor, valid: Tensor) -> dict[str, float]:
+        """λ-returns from the target (or online) critic, then one regression step on the valid rows; ``real_`` metrics."""
+        _, returns = self.value_targets(obs, rewards, next_obs, terminated, episode_end)
+        metrics = self._critic_step(obs[valid], returns[valid])
         return {f"real_{k}": v for k, v in metrics.items()}
 
     def _segment_rows(self, segments: ImaginedSegments) -> dict[str, Tensor]:

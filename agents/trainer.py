@@ -33,6 +33,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
+from einops import rearrange
 from tqdm.auto import tqdm
 
 from agd_envs.batch import SegmentBatch
@@ -115,6 +116,11 @@ class TrainerConfig:
     regression step after each agent update (``A2CAgent.update_critic``): λ-returns of real rewards and
     terminations, so the critic also learns what the real env pays where the model is wrong; 0: imagined only
     (the paper's)."""
+    critic_real_steps: int = 0
+    """After each agent update the critic also takes one regression step on λ-returns along the newest
+    ``critic_real_steps`` real transitions (whole episodes laid end to end, ``A2CAgent.update_critic_from_transitions``):
+    returns that run to each episode's real end instead of bootstrapping from the critic after H steps, so a
+    long-horizon value (Hopper's alive bonus under γ = 0.999) reaches the critic in a few updates; 0: off."""
     world_model: str = "diffusion"
     """``diffusion`` (the learned WorldModel) or ``oracle`` (the real simulator, agd_envs.oracle: guide
     ``none`` and joint imagination only; ``model`` overrides other than ``horizon`` are ignored)."""
@@ -299,8 +305,12 @@ class AGDTrainer:
         dataset = self._dataset()
         model_log = self._fit_model(dataset, round(cfg.model_updates_per_step * cfg.iteration_steps), False)
         metrics: dict[str, float] = {"model_loss": model_log[-1]["loss"]} if model_log else {}
+        real = recent_transitions(dataset, cfg.critic_real_steps) if cfg.critic_real_steps else None
         for _ in range(round(cfg.agent_updates_per_step * cfg.iteration_steps)):
             metrics.update(self._agent_update(dataset))
+            if real is not None:
+                with self._phase("agent"):
+                    metrics.update(self.agent.update_critic_from_transitions(**real))
         self.last.update(metrics)
         if main and self.online_steps % cfg.eval_every == 0:
             self._evaluate_and_log(self.last)
@@ -436,6 +446,25 @@ def recent_rows(dataset: EpisodeDataset, horizon: int, window: int, count: int, 
     first_episode = int(recent[0]) if len(recent) else dataset.num_episodes - 1
     first_row = min(int(np.searchsorted(starts[:, 0], first_episode)), len(starts) - 1)
     return first_row + torch.randint(len(starts) - first_row, (count,), generator=generator)
+
+
+def recent_transitions(dataset: EpisodeDataset, window: int) -> dict[str, np.ndarray]:
+    """The newest whole episodes holding at least ``window`` transitions (or all), end to end in collection order,
+    as ``T x 1`` time-major arrays for ``A2CAgent.update_critic_from_transitions`` (``obs``, ``rewards``,
+    ``next_obs``, ``terminated``, ``truncated``)."""
+    if dataset.num_episodes == 0:
+        raise ValueError("the run's dataset holds no finished episode to train the critic on")
+    steps_to_end = np.cumsum(dataset.episode_lengths[::-1])[::-1]
+    first = int(np.flatnonzero(steps_to_end >= window)[-1]) if steps_to_end[0] >= window else 0
+    episodes = [dataset.episode(i) for i in range(first, dataset.num_episodes)]
+    arrays = {
+        "obs": np.concatenate([e.observations[:-1] for e in episodes]),
+        "next_obs": np.concatenate([e.observations[1:] for e in episodes]),
+        "rewards": np.concatenate([e.rewards for e in episodes]),
+        "terminated": np.concatenate([e.terminations for e in episodes]),
+        "truncated": np.concatenate([e.truncations for e in episodes]),
+    }
+    return {k: rearrange(v, "t ... -> t 1 ...") for k, v in arrays.items()}
 
 
 def run_label(config: TrainerConfig) -> str:

@@ -380,3 +380,30 @@ def test_update_critic_converges_to_the_segments_value_and_leaves_the_actor(term
     assert metrics["real_value_mse"] < 0.01
     for before, after in zip(actor_before, agent.actor.parameters()):
         assert torch.equal(before, after)
+
+
+def test_update_critic_from_transitions_learns_the_return_to_each_episodes_real_end() -> None:
+    # Two episodes laid end to end, reward 1 per step: one of 6 steps that terminates, one of 4 that is truncated.
+    # With λ = 1 the targets are the Monte-Carlo returns to each episode's end (plus γ^k V(s_end) after the
+    # truncation), so V(s_t) -> 1 + γ + ... over the steps left in the terminating episode; the actor is untouched.
+    torch.manual_seed(0)
+    gamma = 0.9
+    agent = A2CAgent(2, 1, A2CConfig(hidden_sizes=(32, 32), gamma=gamma, gae_lambda=1.0, lr_critic=3e-3, target_ema=None, obs_norm="none"))
+    actor_before = [p.detach().clone() for p in agent.actor.parameters()]
+    lengths, ends = (6, 4), ("terminated", "truncated")
+    obs = torch.cat([torch.stack([torch.full((n + 1,), float(e)), torch.arange(n + 1.0)], -1) for e, n in enumerate(lengths)])
+    keep = torch.ones(len(obs), dtype=torch.bool)
+    keep[lengths[0]] = False  # s_6 of episode 0 is only a next observation
+    rows = {"obs": obs[keep][:-1], "next_obs": torch.cat([obs[1:lengths[0] + 1], obs[lengths[0] + 2:]])}
+    total = sum(lengths)
+    terminated, truncated = torch.zeros(total, dtype=torch.bool), torch.zeros(total, dtype=torch.bool)
+    terminated[lengths[0] - 1], truncated[-1] = True, True
+    for _ in range(600):
+        metrics = agent.update_critic_from_transitions(
+            rows["obs"][:, None], torch.ones(total, 1), rows["next_obs"][:, None], terminated[:, None], truncated[:, None])
+    values = agent.critic(rows["obs"][: lengths[0]])
+    expected = torch.tensor([(1 - gamma ** (lengths[0] - t)) / (1 - gamma) for t in range(lengths[0])])
+    assert torch.allclose(values, expected, atol=0.1), (values, expected)
+    assert "real_value_mse" in metrics
+    for before, after in zip(actor_before, agent.actor.parameters()):
+        assert torch.equal(before, after)

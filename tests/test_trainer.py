@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import TINY_MODEL
 
@@ -227,3 +228,18 @@ def test_critic_real_segments_give_the_critic_real_windows_of_the_start_window(t
         s0 = seg.states[:, 0].numpy()
         assert np.abs(newest[None] - s0[:, None]).max(-1).min(1).max() < 1e-6
     assert np.isfinite(float(rows[-1]["critic_loss"]))
+
+
+def test_recent_transitions_are_the_newest_whole_episodes_end_to_end() -> None:
+    from agd_envs.datasets import EpisodeDataset
+    from agd_envs.defaults import default_dataset_path
+    from agents.trainer import recent_transitions
+
+    data = EpisodeDataset.open(default_dataset_path("Reacher"))  # 800 episodes of 50 steps, in collection order
+    rows = recent_transitions(data, 120)
+    assert rows["obs"].shape == (150, 1, 10) and rows["rewards"].shape == (150, 1)  # 3 whole episodes cover 120 steps
+    last = data.episode(data.num_episodes - 1)
+    np.testing.assert_array_equal(rows["next_obs"][-50:, 0], last.observations[1:])
+    np.testing.assert_array_equal(rows["obs"][50:100, 0], data.episode(data.num_episodes - 2).observations[:-1])
+    assert rows["truncated"][:, 0].nonzero()[0].tolist() == [49, 99, 149]  # each episode's end, nothing between
+    assert recent_transitions(data, 10**9)["obs"].shape[0] == data.num_steps  # a window beyond the data: all of it
