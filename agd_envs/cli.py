@@ -265,8 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--alpha", type=float, help="guide scale (default: the task's)")
     train.add_argument("--warm-start", dest="warm_start",
                        help="dataset to start from (default: the shipped one); 'none': --prefill-steps uniform-random steps instead")
-    train.add_argument("--agent", choices=["paper", "ppo"],
-                       help="agent update scheme (agents/a2c.py A2C_PRESETS): paper = one A2C step per batch (default), ppo = 4 clipped epochs x 4 minibatches")
+    train.add_argument("--agent", choices=["paper", "ppo", "zoo"],
+                       help="agent update scheme (agents/a2c.py A2C_PRESETS): paper = one A2C step per batch (default), ppo = 4 clipped epochs x 4 minibatches, zoo = RL Zoo's Hopper PPO (5 x 16, gamma 0.999, no target critic)")
     train.add_argument("--agent-set", dest="agent_set", nargs="+", metavar="FIELD=VALUE",
                        help="A2CConfig overrides on --agent's scheme, e.g. gamma=0.999 target_ema=null")
     train.add_argument("--start-window", dest="start_window", type=int,

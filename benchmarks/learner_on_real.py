@@ -39,12 +39,10 @@ ARMS = {
     "paper": {},
     "ppo": A2C_PRESETS["ppo"],
     "ppo-sb3": {"epochs": 10, "minibatches": 32, "clip_ratio": 0.2, "gae_lambda": 0.95},
-    # RL Zoo's Hopper PPO (agents/baselines.py PPO_ZOO) in our agent's fields, at the default std 1.0; with
-    # --envs 1 --rollout 512 the batch (512) and minibatch (32) match too.
-    "sb3-zoo": {"epochs": 5, "minibatches": 16, "clip_ratio": 0.2, "gamma": 0.999, "gae_lambda": 0.99, "target_ema": None,
-                "lr_log_std": None, "lr_actor": 1e-4, "lr_critic": 1e-4, "max_grad_norm_actor": 0.7,
-                "max_grad_norm_critic": 0.7, "entropy_weight": 0.0023, "min_std": 0.01},
-}  # fmt: skip
+    # RL Zoo's Hopper PPO (A2C_PRESETS["zoo"]) at the default std 1.0; with --envs 1 --rollout 512 the batch (512)
+    # and minibatch (32) match too.
+    "sb3-zoo": A2C_PRESETS["zoo"],
+}
 
 
 def arm_config(arm: str) -> dict[str, Any]:

@@ -407,3 +407,19 @@ def test_update_critic_from_transitions_learns_the_return_to_each_episodes_real_
     assert "real_value_mse" in metrics
     for before, after in zip(actor_before, agent.actor.parameters()):
         assert torch.equal(before, after)
+
+
+def test_zoo_scheme_is_rl_zoos_hopper_ppo_and_the_cli_offers_every_scheme() -> None:
+    from agd_envs.cli import build_parser
+    from agents.a2c import A2C_PRESETS
+    from agents.baselines import PPO_ZOO
+
+    zoo, hyper = A2CConfig.named("zoo"), PPO_ZOO["Hopper"]
+    assert (zoo.epochs, zoo.minibatches) == (hyper["n_epochs"], hyper["n_steps"] // hyper["batch_size"])
+    assert (zoo.gamma, zoo.gae_lambda, zoo.clip_ratio) == (hyper["gamma"], hyper["gae_lambda"], hyper["clip_range"])
+    assert zoo.lr_actor == zoo.lr_critic == pytest.approx(hyper["learning_rate"], rel=0.05)
+    assert zoo.max_grad_norm_actor == zoo.max_grad_norm_critic == hyper["max_grad_norm"]
+    assert zoo.entropy_weight == pytest.approx(hyper["ent_coef"], rel=0.01)
+    assert zoo.target_ema is None and zoo.lr_log_std is None  # SB3: one online value net, one lr for every parameter
+    train = next(a for a in build_parser()._subparsers._group_actions[0].choices["train"]._actions if a.dest == "agent")
+    assert sorted(train.choices) == sorted(A2C_PRESETS)
