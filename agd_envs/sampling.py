@@ -105,6 +105,11 @@ Actor = Callable[[Tensor], "Distribution | Tensor"]
 ``.stddev``: Normal/Independent) or a ``B x A`` tensor of actions (deterministic)."""
 
 DEFAULT_MAX_SHIFT = 3.0
+DEFAULT_MIN_GUIDE_NOISE = 0.01
+"""Guide only where 1 - alpha_bar_t >= this. The x0 guide's shift is (1 - alpha_bar_t) alpha g, so a step below
+it moves the estimate by < 1% of what a full-noise step does, for a critic gradient that costs as much: in the
+``cpu`` preset's 4 steps, 1 - alpha_bar_t is 1.0 / 0.41 / 0.034 / 1.5e-4 at t = 127 / 56 / 14 / 0, so the default
+skips the last step's guide (benchmarks/imagination_cost.py measures the speed and the samples' change)."""
 
 
 class Denoiser(Protocol):
@@ -269,6 +274,7 @@ def sample(
     max_shift: float | None = DEFAULT_MAX_SHIFT,
     action_guidance: Literal["reparam", "grad"] = "reparam",
     action_guidance_scale: float = 0.005,
+    min_guide_noise: float = DEFAULT_MIN_GUIDE_NOISE,
 ) -> SegmentBatch:
     """Sample segments given ``cond`` by guided reverse diffusion (see the module docstring).
 
@@ -287,6 +293,8 @@ def sample(
     :param max_shift: per-entry bound of the guide's x0 shift in z-score units (None: no clip).
     :param action_guidance: ``reparam`` (default) or ``grad`` (PolyGRAD's one gradient step per denoising step).
     :param action_guidance_scale: step size of the ``grad`` variant (PolyGRAD's initial 0.005).
+    :param min_guide_noise: the guide is evaluated only at visited steps with 1 - alpha_bar_t >= this (see
+        DEFAULT_MIN_GUIDE_NOISE); 0 guides at every step.
     """
     guide = get_guide(guide)
     guide.check_critic(critic)
@@ -316,9 +324,10 @@ def sample(
         t_prev = times[i + 1] if i + 1 < len(times) else -1
         t_batch = torch.full((batch,), t, dtype=torch.long, device=device)
         alpha_bar = schedule.at(t_batch, x)
-        if guided and control is not None:
+        guide_now = guided and float(1.0 - alpha_bar.flatten()[0]) >= min_guide_noise
+        if guide_now and control is not None:
             guide_kwargs["reward_offset"] = acts.control(control)
-        if guided and guide_mode == "dps":
+        if guide_now and guide_mode == "dps":
             with torch.enable_grad():
                 x_in = x.detach().requires_grad_(True)
                 x0 = known.inpaint(model.denoise(x_in, t_batch, acts.normalized, acts.mask, known.x, known.mask))
@@ -331,7 +340,7 @@ def sample(
             shift = (1.0 - alpha_bar) / alpha_bar.sqrt().clamp_min(1e-12) * grad
         else:
             x0 = known.inpaint(model.denoise(x, t_batch, acts.normalized, acts.mask, known.x, known.mask))
-            shift = (1.0 - alpha_bar) * guide_gradient(guide, x0, **guide_kwargs) if guided else None
+            shift = (1.0 - alpha_bar) * guide_gradient(guide, x0, **guide_kwargs) if guide_now else None
         if shift is not None:
             x0 = known.inpaint(x0 + _bounded(alpha * shift, max_shift))
         noise = None
@@ -385,6 +394,7 @@ def imagine(
     generator: torch.Generator | None = None,
     guide_mode: Literal["x0", "dps"] = "x0",
     max_shift: float | None = DEFAULT_MAX_SHIFT,
+    min_guide_noise: float = DEFAULT_MIN_GUIDE_NOISE,
 ) -> SegmentBatch:
     """Paper Algorithm 2: H-step segments jointly from real start states ``s0`` ``B x S``, actions from ``actor``.
 
@@ -400,5 +410,5 @@ def imagine(
     return sample(
         model, cond, steps=steps, eta=eta, actor=actor, guide=guide, critic=critic,
         alpha=model.task.guide_scale if alpha is None else alpha, gamma=gamma, generator=generator,
-        guide_mode=guide_mode, max_shift=max_shift,
+        guide_mode=guide_mode, max_shift=max_shift, min_guide_noise=min_guide_noise,
     )  # fmt: skip

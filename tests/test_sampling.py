@@ -13,6 +13,7 @@ from torch.distributions import Independent, Normal
 
 from agd_envs.guides import advantages
 from agd_envs.batch import SegmentBatch
+from agd_envs.diffusion import sampling_steps
 from agd_envs.sampling import Conditioning, imagine, sample
 from agd_envs.segments import SegmentLayout, encode_segment
 
@@ -200,6 +201,36 @@ def test_none_guide_gives_the_same_samples_with_or_without_a_critic() -> None:
     # alpha = 0 switches any guide off: the same samples again.
     off = _run(model, cond, steps=4, eta=1.0, actor=GaussianActor(), critic=critic, guide="eag", alpha=0.0)
     assert _equal(without, off)
+
+
+@pytest.mark.parametrize("mode", ["x0", "dps"])
+def test_the_guide_runs_only_at_steps_with_enough_noise(mode: str) -> None:
+    model = ToyDenoiser(LAYOUT)
+    cond = Conditioning.from_start(_s0(), horizon=LAYOUT.horizon)
+    calls: list[int] = []
+
+    class CountingCritic(LinearCritic):
+        def forward(self, s: torch.Tensor) -> torch.Tensor:
+            calls.append(s.shape[0])
+            return super().forward(s)
+
+    critic = CountingCritic(torch.tensor([1.0, -2.0, 0.5]))
+    times = sampling_steps(model.schedule.num_steps, 4)
+    noise = [float(1.0 - model.schedule.at(torch.tensor([t]), torch.zeros(1, 1, dtype=F64))) for t in times]
+    low = sum(sorted(noise)[:2]) / 2  # skips the last, least noisy step
+    kwargs = dict(steps=4, eta=1.0, actor=GaussianActor(), critic=critic, guide="eag", alpha=5.0, guide_mode=mode)
+    per_threshold = {}
+    for threshold in (0.0, low, 2.0):
+        calls.clear()
+        per_threshold[threshold] = _run(model, cond, min_guide_noise=threshold, **kwargs)
+        guided = sum(n >= threshold for n in noise)
+        assert len(calls) == guided + 1, (threshold, noise, calls)  # one per guided step, one for the advantages
+    unguided = _run(model, cond, **(kwargs | dict(guide="none")))
+    assert _equal(per_threshold[2.0], unguided)  # above every step's noise: no guide at all
+    assert not _equal(per_threshold[0.0], unguided)
+    # Skipping the least noisy step's guide changes the samples (by how much on a trained run: benchmarks/imagination_cost.py).
+    with pytest.raises(AssertionError):
+        assert _equal(per_threshold[0.0], per_threshold[low])
 
 
 def test_advantages_and_terminations_match_a_direct_recomputation() -> None:
