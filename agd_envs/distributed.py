@@ -85,6 +85,14 @@ class Distributed:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def mean(self, value: float) -> float:
+        """The mean of ``value`` over the ranks (``value`` itself in a single process)."""
+        if not self.enabled:
+            return value
+        box = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(box)
+        return box.item() / self.world_size
+
     def average_gradients(self, parameters: Iterable[nn.Parameter]) -> list[RemovableHandle]:
         """From now on, average the gradients of ``parameters`` across ranks at the end of every backward pass.
 

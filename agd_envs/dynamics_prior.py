@@ -27,12 +27,22 @@ from agd_envs.segments import SegmentLayout
 LOSS_FRACTION_INV = 4
 """The prior's loss uses one segment in this many of each training batch (``DynamicsPrior.loss``)."""
 
+BOUND_MARGIN = 0.5
+"""Rollout states are kept within the data's normalized range widened by this fraction of it on each side."""
+
 
 class DynamicsPrior(nn.Module):
     """MLP ``[s_t, a_t * known_t, known_t]`` (normalized) -> next state and reward (normalized).
 
     The state output is the change ``s_{t+1} - s_t`` in z-units, itself z-scored with ``change_mean`` /
     ``change_std`` (buffers, set by ``fit_moments``), so every dimension's change is learned at unit scale.
+
+    ``rollout`` clamps each predicted state to ``[state_low, state_high]`` (buffers; unbounded until
+    ``fit_moments`` is given the data's states): the prior is trained one step at a time, and nothing in
+    that loss stops H of its steps in a row from growing without bound once a state leaves the data. One
+    HalfCheetah run's training loss jumped from 0.095 to 8.8e7 for one refit and its policy never recovered
+    (benchmarks/results/runs_v2/halfcheetah-none-s2, 50k real steps); a rollout far outside every state
+    ever seen is the suspected cause (the checkpoint was not kept, so it is not confirmed).
     """
 
     def __init__(self, layout: SegmentLayout, width: int = 256, depth: int = 3) -> None:
@@ -48,12 +58,21 @@ class DynamicsPrior(nn.Module):
         self.net = nn.Sequential(*layers)
         self.register_buffer("change_mean", torch.zeros(obs_dim))
         self.register_buffer("change_std", torch.ones(obs_dim))
+        self.register_buffer("state_low", torch.full((obs_dim,), -torch.inf))
+        self.register_buffer("state_high", torch.full((obs_dim,), torch.inf))
 
     @torch.no_grad()
-    def fit_moments(self, changes: Tensor, min_std: float = 1e-6) -> None:
-        """Set the change statistics from ``N x S`` one-step changes of normalized states."""
+    def fit_moments(self, changes: Tensor, min_std: float = 1e-6, states: Tensor | None = None) -> None:
+        """Set the change statistics from ``N x S`` one-step changes of normalized states, and the rollout's
+        bounds from ``... x S`` normalized ``states`` when given (their range widened by ``BOUND_MARGIN``)."""
         self.change_mean.copy_(changes.mean(0))
         self.change_std.copy_(changes.std(0).clamp_min(min_std))
+        if states is not None:
+            flat = states.reshape(-1, states.shape[-1])
+            low, high = flat.min(0).values, flat.max(0).values
+            margin = BOUND_MARGIN * (high - low).clamp_min(min_std)
+            self.state_low.copy_(low - margin)
+            self.state_high.copy_(high + margin)
 
     def forward(self, states: Tensor, actions: Tensor, known: Tensor) -> tuple[Tensor, Tensor]:
         """``... x S`` states, ``... x A`` actions with ``...`` bool mask -> (``... x S`` next states, ``...`` rewards)."""
@@ -64,11 +83,12 @@ class DynamicsPrior(nn.Module):
 
     def rollout(self, s0: Tensor, actions: Tensor, action_known: Tensor) -> tuple[Tensor, Tensor]:
         """From ``s0`` ``B x S``, each state predicted from the previous one under actions ``B x H x A`` (mask
-        ``B x H``) -> (states ``B x (H+1) x S`` with s0 first, rewards ``B x H``); all normalized."""
+        ``B x H``) -> (states ``B x (H+1) x S`` with s0 first, rewards ``B x H``); all normalized, predicted
+        states clamped to ``[state_low, state_high]`` (class docstring)."""
         rows, rewards = [s0], []
         for t in range(actions.shape[1]):
             predicted, reward = self(rows[-1], actions[:, t], action_known[:, t])
-            rows.append(predicted)
+            rows.append(torch.clamp(predicted, self.state_low, self.state_high))
             rewards.append(reward)
         return torch.stack(rows, dim=1), torch.stack(rewards, dim=1)
 

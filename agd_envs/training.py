@@ -12,7 +12,11 @@ Known entries of x_t are replaced by their clean values before the network sees 
 
 from __future__ import annotations
 
+import math
+import statistics
 import time
+from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -127,13 +131,30 @@ def fit_segment_moments(model: WorldModel, dataset: SegmentSource, generator: to
         z = norm.normalize_states(torch.cat([b.states for b in batches]))
         changes = rearrange(z[:, 1:] - z[:, :-1], "b h s -> (b h) s")
         for network in (model.network, model.ema_network):
-            network.prior.fit_moments(changes, norm.min_std)
+            network.prior.fit_moments(changes, norm.min_std, states=z)
 
 
 def entry_weights(layout: SegmentLayout, reward_weight: float, like: torch.Tensor) -> torch.Tensor:
     """``Dx`` loss weight per entry of x: 1 on states, ``reward_weight`` on rewards."""
     state = layout.state_mask(like.device).to(like.dtype)
     return state + (1.0 - state) * reward_weight
+
+
+@dataclass(frozen=True)
+class SpikeGuard:
+    """When ``WorldModelTrainer.step`` refuses an update: its loss is not finite, or above ``factor`` times the
+    median of the last ``window`` accepted losses (once ``min_history`` of them exist).
+
+    A refused update changes nothing (no gradient step, no EMA update, ``num_updates`` unchanged) and is
+    counted in ``WorldModelTrainer.skipped_updates``. Why: one update on a batch whose loss is 1e9 times the
+    usual (a HalfCheetah run's loss went from 0.095 to 8.8e7 for one refit, agd_envs/dynamics_prior.py)
+    leaves Adam's moments and the EMA weights that imagination samples from damaged for hundreds of updates;
+    ``grad_clip`` bounds the step's size but not its direction. ``factor=inf`` turns the guard off.
+    """
+
+    factor: float = 100.0
+    window: int = 200
+    min_history: int = 20
 
 
 class WorldModelTrainer:
@@ -148,9 +169,12 @@ class WorldModelTrainer:
     and rank 0's weights and normalizer are broadcast at the start and after every normalizer refit.
     """
 
-    def __init__(self, model: WorldModel, distributed: Distributed | None = None) -> None:
+    def __init__(self, model: WorldModel, distributed: Distributed | None = None, spike_guard: SpikeGuard | None = None) -> None:
         self.model = model
         self.distributed = distributed or Distributed()
+        self.spike_guard = spike_guard or SpikeGuard()
+        self.skipped_updates = 0
+        self._accepted: deque[float] = deque(maxlen=self.spike_guard.window)
         self.optimizer = torch.optim.AdamW(
             model.trainable_parameters(), lr=model.config.lr, weight_decay=model.config.weight_decay
         )
@@ -178,7 +202,8 @@ class WorldModelTrainer:
 
         :param batch_size: segments per update (default ``config.batch_size``).
         :param generator: CPU generator for segments, masks, steps and noise (reproducible fits).
-        :param log_every: updates per log record ``{"step", "loss", "seconds"}`` (loss averaged over them).
+        :param log_every: updates per log record ``{"step", "loss", "seconds", "skipped"}`` (loss averaged over
+            them, ``skipped`` the trainer's refused updates so far: ``SpikeGuard``).
         :param callback: called with each log record; returning True stops training.
         :param max_seconds: wall-clock budget; training stops at the first update past it.
         """
@@ -202,7 +227,8 @@ class WorldModelTrainer:
             elapsed = time.perf_counter() - start
             out_of_time = max_seconds is not None and elapsed >= max_seconds
             if count == log_every or i == steps - 1 or out_of_time:
-                record = {"step": float(int(model.num_updates)), "loss": running / count, "seconds": elapsed}
+                record = {"step": float(int(model.num_updates)), "loss": running / count, "seconds": elapsed,
+                          "skipped": float(self.skipped_updates)}
                 log.append(record)
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
                 running, count = 0.0, 0
@@ -213,9 +239,18 @@ class WorldModelTrainer:
         return log
 
     def step(self, batch: SegmentBatch, generator: torch.Generator | None = None) -> float:
-        """One update on ``batch``: loss, clipped gradient step, EMA update; returns the loss."""
+        """One update on ``batch``: loss, clipped gradient step, EMA update; returns the loss (averaged over ranks).
+
+        An update whose loss ``SpikeGuard`` refuses is skipped (counted in ``skipped_updates``) and its loss is
+        returned all the same, so a log shows the spike.
+        """
         model = self.model
         loss = diffusion_loss(model, batch, generator)
+        value = self.distributed.mean(loss.item())  # every rank takes the same decision
+        if self._refuses(value):
+            self.skipped_updates += 1
+            return value
+        self._accepted.append(value)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if model.config.grad_clip > 0:
@@ -223,7 +258,14 @@ class WorldModelTrainer:
         self.optimizer.step()
         self.update_ema()
         model.num_updates += 1
-        return loss.item()
+        return value
+
+    def _refuses(self, loss: float) -> bool:
+        """Whether ``SpikeGuard`` refuses an update with this loss."""
+        guard = self.spike_guard
+        if not math.isfinite(loss):
+            return True
+        return len(self._accepted) >= guard.min_history and loss > guard.factor * statistics.median(self._accepted)
 
     @torch.no_grad()
     def update_ema(self) -> None:
@@ -237,12 +279,13 @@ class WorldModelTrainer:
             e.copy_(p)
 
     def state_dict(self) -> dict[str, Any]:
-        """The optimizer's state (the EMA's step count is the model's ``num_updates``, saved with its weights)."""
-        return {"optimizer": self.optimizer.state_dict()}
+        """The optimizer's state and the refused-update count (the EMA's step count is the model's ``num_updates``, saved with its weights)."""
+        return {"optimizer": self.optimizer.state_dict(), "skipped_updates": self.skipped_updates}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what ``state_dict`` returned."""
         self.optimizer.load_state_dict(state["optimizer"])
+        self.skipped_updates = int(state.get("skipped_updates", 0))  # absent from checkpoints of older versions
 
     def _move_optimizer_state(self) -> None:
         """Moments created before a ``model.to(device)`` stay behind; move them along with the parameters."""

@@ -432,6 +432,7 @@ class WorldModel(nn.Module):
                 f"{config_path}: corrupt config, the model cannot be built from it ({type(err).__name__}: {err}); "
                 f"re-save the model or re-run `agd fit`"
             ) from err
+        _fill_buffers_added_later(model, state)
         _check_state(model, state, weights_path)  # shape errors first: they say more than a checksum
         if version >= 2:
             _verify_checksums(meta, config, weights, config_path, weights_path)
@@ -461,6 +462,19 @@ def _verify_checksums(meta: dict[str, Any], config: WorldModelConfig, weights: b
             f"{weights_path}: sha256 {actual[:16]}... differs from the {recorded[:16]}... recorded in "
             f"{CONFIG_FILE}: the weights are corrupt or truncated (flipped bits, an interrupted copy); {fix}"
         )
+
+
+BUFFERS_ADDED_LATER = ("prior.state_low", "prior.state_high")
+"""Buffers a checkpoint written before them lacks; it loads with the new model's defaults (unbounded rollouts)."""
+
+
+def _fill_buffers_added_later(model: WorldModel, state: Any) -> None:
+    """Add to a state_dict the ``BUFFERS_ADDED_LATER`` that it lacks, with ``model``'s values (in place)."""
+    if not isinstance(state, dict):
+        return  # _check_state says what is wrong
+    for key, value in model.state_dict().items():
+        if key.endswith(BUFFERS_ADDED_LATER) and key not in state:
+            state[key] = value
 
 
 def _check_state(model: WorldModel, state: Any, path: Path) -> None:

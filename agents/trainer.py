@@ -304,7 +304,7 @@ class AGDTrainer:
         self.online_steps += cfg.iteration_steps
         dataset = self._dataset()
         model_log = self._fit_model(dataset, round(cfg.model_updates_per_step * cfg.iteration_steps), False)
-        metrics: dict[str, float] = {"model_loss": model_log[-1]["loss"]} if model_log else {}
+        metrics: dict[str, float] = {"model_loss": model_log[-1]["loss"], "model_skipped": model_log[-1]["skipped"]} if model_log else {}
         real = recent_transitions(dataset, cfg.critic_real_steps) if cfg.critic_real_steps else None
         for _ in range(round(cfg.agent_updates_per_step * cfg.iteration_steps)):
             metrics.update(self._agent_update(dataset))
@@ -416,7 +416,7 @@ class AGDTrainer:
             "wall_seconds": self._wall(), "steps_per_second": self.online_steps / max(self._wall(), 1e-9),
             "eval_return_mean": result.mean, "eval_return_std": result.std, "eval_return_stderr": result.stderr,
             "eval_episodes": cfg.eval_episodes,
-            **{k: metrics[k] for k in ("model_loss", "actor_loss", "critic_loss", "entropy", "imagined_reward", "imagined_advantage") if k in metrics},
+            **{k: metrics[k] for k in ("model_loss", "model_skipped", "actor_loss", "critic_loss", "entropy", "imagined_reward", "imagined_advantage") if k in metrics},
             **{f"seconds_{phase}": seconds for phase, seconds in self.phase_seconds.items()},
         }  # fmt: skip
         self.log.append(row)

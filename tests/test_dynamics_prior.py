@@ -3,6 +3,8 @@ what it learns from real transitions, and checkpoints."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -47,6 +49,34 @@ def test_rollout_steps_from_the_previous_row_and_sees_the_actions() -> None:
     out, _ = prior.rollout(s0, actions, mask)
     silu = torch.nn.functional.silu(torch.where(mask, actions[..., 0], 0.0))
     torch.testing.assert_close(out[:, 1:, 0] - out[:, :-1, 0], 2.0 + 2.0**0.5 * silu)  # std of changes 1 and 3
+
+
+def test_an_expansive_prior_stays_within_the_datas_widened_range() -> None:
+    """A prior that doubles its state every step: unbounded before fit_moments sees states, clamped after."""
+    prior = DynamicsPrior(LAYOUT, width=8, depth=1)
+    _zero(prior.net[-1])
+    changes = torch.zeros(4, 3)
+    prior.fit_moments(changes)  # change std clamps to min_std; now make the change equal the state itself
+    with torch.no_grad():
+        prior.change_std.fill_(1.0)
+        _zero(prior.net[0])
+        prior.net[0].weight[:3, :3] = torch.eye(3) * 10.0  # SiLU(10 s) ~ 10 s for s > 0.5
+        prior.net[-1].weight[:3, :3] = torch.eye(3) / 10.0
+    s0, actions = torch.full((2, 3), 1.0), torch.zeros(2, LAYOUT.horizon, 2)
+    known = torch.ones(2, LAYOUT.horizon, dtype=torch.bool)
+    with torch.no_grad():
+        free, _ = prior.rollout(s0, actions, known)
+    assert float(free[:, -1].min()) > 15.0  # 1 -> 2 -> 4 -> 8 -> 16: it runs away
+    states = torch.tensor([[-1.0, 0.0, 0.5], [1.0, 2.0, 1.5]])  # ranges 2, 2, 1 -> bounds [-2, 2], [-1, 3], [0, 2]
+    prior.fit_moments(changes, states=states)
+    prior.change_std.fill_(1.0)
+    torch.testing.assert_close(prior.state_low, torch.tensor([-2.0, -1.0, 0.0]))
+    torch.testing.assert_close(prior.state_high, torch.tensor([2.0, 3.0, 2.0]))
+    with torch.no_grad():
+        bounded, _ = prior.rollout(s0, actions, known)
+    torch.testing.assert_close(bounded[:, -1], torch.tensor([[2.0, 3.0, 2.0]] * 2))
+    torch.testing.assert_close(bounded[:, 1, 1], free[:, 1, 1])  # ~2 in state 1, inside its bounds: untouched
+    assert torch.equal(bounded[:, 0], s0)
 
 
 def _prior_model(task: str = "HalfCheetah", batch_size: int = 256) -> WorldModel:
@@ -117,6 +147,27 @@ def test_config_requires_the_plain_encoding_and_round_trips(tmp_path) -> None:
     args = (torch.randn(3, 10, 6), torch.ones(3, 10, dtype=torch.bool), torch.zeros(3, model.layout.x_dim),
             model.layout.known_mask(torch.ones(3, dtype=torch.long)))  # fmt: skip
     torch.testing.assert_close(loaded.denoise(x, t, *args), model.denoise(x, t, *args))
+
+
+def test_trained_bounds_round_trip_and_older_checkpoints_load_unbounded(tmp_path) -> None:
+    data = EpisodeDataset.open(default_dataset_path("HalfCheetah"))
+    model = _prior_model(batch_size=32)
+    WorldModelTrainer(model).fit(data, 1, generator=torch.Generator().manual_seed(0), progress=False)
+    prior = model.ema_network.prior
+    z = model.normalizer.normalize_states(data.sample_segments(4096, 10, generator=torch.Generator().manual_seed(7)).states)
+    assert bool((prior.state_low < z.amin((0, 1))).all() and (prior.state_high > z.amax((0, 1))).all())
+    assert bool((prior.state_high - prior.state_low < 2.5 * (z.amax((0, 1)) - z.amin((0, 1)))).all())
+    loaded = WorldModel.load(model.save(tmp_path / "m"))
+    assert torch.equal(loaded.ema_network.prior.state_high, prior.state_high)
+    weights = tmp_path / "m" / "weights.pt"  # a checkpoint written before the bounds existed: no bound buffers
+    state = {k: v for k, v in torch.load(weights).items() if not k.endswith(("state_low", "state_high"))}
+    old = tmp_path / "old"
+    model.save(old)
+    torch.save(state, old / "weights.pt")
+    config = json.loads((old / "config.json").read_text())
+    config["format_version"] = 1  # checksums came with version 2; the bounds come later still
+    (old / "config.json").write_text(json.dumps(config))
+    assert torch.isinf(WorldModel.load(old).ema_network.prior.state_high).all()
 
 
 def test_imagined_actions_and_states_are_the_priors_closed_loop_under_the_policy() -> None:

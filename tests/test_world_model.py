@@ -8,7 +8,9 @@ constant", at every step 1..H.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +21,7 @@ from conftest import tiny_model_config
 
 from agd_envs.segments import SegmentLayout
 from agd_envs.tasks import get_task
-from agd_envs.training import WorldModelTrainer, diffusion_loss, fit_main, training_masks
+from agd_envs.training import SpikeGuard, WorldModelTrainer, diffusion_loss, fit_main, training_masks
 from agd_envs.world_model import (
     FORMAT_VERSION,
     CheckpointError,
@@ -258,6 +260,30 @@ def test_fit_decreases_the_loss_on_a_fixed_batch_and_continues() -> None:
     trainer.fit(data, 10, batch_size=64, progress=False)
     assert trainer.optimizer is optimizer and int(model.num_updates) == 310
     assert int(next(iter(optimizer.state.values()))["step"]) == 310
+
+
+def test_a_loss_spike_or_nan_changes_nothing_and_is_counted() -> None:
+    """SpikeGuard: a batch 1e4 times off the data, or with a NaN, leaves weights, EMA, Adam and num_updates alone."""
+    data = LinearToyData()
+    model = tiny_model()
+    trainer = WorldModelTrainer(model)
+    log = trainer.fit(data, 30, batch_size=32, progress=False, log_every=30, generator=torch.Generator().manual_seed(0))
+    assert log[-1]["skipped"] == 0.0 and int(model.num_updates) == 30
+    snapshot = [t.clone() for t in [*model.state_dict().values(), *trainer.optimizer.state_dict()["state"][0].values()]]
+    batch = data.sample_segments(32, 10, generator=torch.Generator().manual_seed(1))
+    spike = dataclasses.replace(batch, states=batch.states * 1e4)
+    nan = dataclasses.replace(batch, rewards=torch.where(torch.arange(10) == 3, torch.nan, batch.rewards))
+    assert trainer.step(spike) > 100 * log[-1]["loss"]
+    assert math.isnan(trainer.step(nan))
+    after = [*model.state_dict().values(), *trainer.optimizer.state_dict()["state"][0].values()]
+    assert all(torch.equal(a, b) for a, b in zip(snapshot, after)) and int(model.num_updates) == 30
+    assert trainer.skipped_updates == 2 and trainer.state_dict()["skipped_updates"] == 2
+    trainer.step(batch)
+    assert int(model.num_updates) == 31 and trainer.skipped_updates == 2  # an ordinary batch is taken
+    unguarded = WorldModelTrainer(tiny_model(), spike_guard=SpikeGuard(factor=math.inf))
+    unguarded.fit(data, 30, batch_size=32, progress=False)
+    unguarded.step(spike)
+    assert unguarded.skipped_updates == 0 and int(unguarded.model.num_updates) == 31
 
 
 @pytest.mark.parametrize("overrides", [{"prediction": "eps", "dynamics_prior": False}, {"loss_weighting": "min_snr"}])
