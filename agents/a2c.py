@@ -226,7 +226,19 @@ class A2CAgent:
         ]
         self.actor_optim = torch.optim.Adam(groups, lr=config.lr_actor, eps=1e-5)
         self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=config.lr_critic, eps=1e-5)
+        self._base_lrs = [[group["lr"] for group in optim.param_groups] for optim in self._optimizers()]
         self.num_updates = 0
+
+    def _optimizers(self) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+        return self.actor_optim, self.critic_optim
+
+    def set_lr_scale(self, scale: float) -> None:
+        """Set every learning rate (actor mean, log-std, critic) to ``scale`` times its configured value."""
+        if not 0.0 <= scale <= 1.0:
+            raise ValueError(f"lr scale must be in [0, 1], got {scale}")
+        for optim, base in zip(self._optimizers(), self._base_lrs):
+            for group, lr in zip(optim.param_groups, base):
+                group["lr"] = lr * scale
 
     # ------------------------------------------------------------------ acting
     @torch.no_grad()

@@ -121,6 +121,11 @@ class TrainerConfig:
     ``critic_real_steps`` real transitions (whole episodes laid end to end, ``A2CAgent.update_critic_from_transitions``):
     returns that run to each episode's real end instead of bootstrapping from the critic after H steps, so a
     long-horizon value (Hopper's alive bonus under γ = 0.999) reaches the critic in a few updates; 0: off."""
+    lr_final_fraction: float = 1.0
+    """The agent's learning rates fall linearly with the online steps, from their configured values at the start
+    to this fraction of them at ``steps`` (1.0: constant, the paper's; 0.0: annealed to zero, as CleanRL's PPO).
+    The schedule follows ``online_steps / steps``, so a resumed run keeps it and an extended one (a larger
+    ``steps``) stretches it."""
     world_model: str = "diffusion"
     """``diffusion`` (the learned WorldModel) or ``oracle`` (the real simulator, agd_envs.oracle: guide
     ``none`` and joint imagination only; ``model`` overrides other than ``horizon`` are ignored)."""
@@ -137,6 +142,8 @@ class TrainerConfig:
                 raise ValueError(f"guide {self.guide!r}: the oracle world model is not differentiable and serves only guide 'none'")
             if self.imagination != "joint":
                 raise ValueError(f"imagination {self.imagination!r} is not supported with the oracle world model; use 'joint'")
+        if not 0.0 <= self.lr_final_fraction <= 1.0:
+            raise ValueError(f"lr_final_fraction must be in [0, 1] (1.0: constant learning rates), got {self.lr_final_fraction}")
         for name in ("eval_every", "checkpoint_every"):
             if getattr(self, name) % self.iteration_steps:
                 raise ValueError(f"{name}={getattr(self, name)} must be a multiple of iteration_steps={self.iteration_steps}")
@@ -306,6 +313,7 @@ class AGDTrainer:
         model_log = self._fit_model(dataset, round(cfg.model_updates_per_step * cfg.iteration_steps), False)
         metrics: dict[str, float] = {"model_loss": model_log[-1]["loss"], "model_skipped": model_log[-1]["skipped"]} if model_log else {}
         real = recent_transitions(dataset, cfg.critic_real_steps) if cfg.critic_real_steps else None
+        self.agent.set_lr_scale(self.lr_scale())
         for _ in range(round(cfg.agent_updates_per_step * cfg.iteration_steps)):
             metrics.update(self._agent_update(dataset))
             if real is not None:
@@ -317,6 +325,11 @@ class AGDTrainer:
         if main and (self.online_steps % cfg.checkpoint_every == 0 or self.online_steps >= cfg.steps):
             self.checkpoint.save(self._state(), self.agent, self.model, self.model_trainer, self.generator)
         return {**self.last, "steps_per_second": self.online_steps / max(self._wall(), 1e-9)}
+
+    def lr_scale(self) -> float:
+        """The agent's learning-rate multiplier for the iteration that has just collected its real steps."""
+        progress = min((self.online_steps - self.config.iteration_steps) / self.config.steps, 1.0)
+        return 1.0 - (1.0 - self.config.lr_final_fraction) * max(progress, 0.0)
 
     def _agent_update(self, dataset: EpisodeDataset) -> dict[str, float]:
         cfg = self.config

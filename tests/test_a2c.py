@@ -423,3 +423,19 @@ def test_zoo_scheme_is_rl_zoos_hopper_ppo_and_the_cli_offers_every_scheme() -> N
     assert zoo.target_ema is None and zoo.lr_log_std is None  # SB3: one online value net, one lr for every parameter
     train = next(a for a in build_parser()._subparsers._group_actions[0].choices["train"]._actions if a.dest == "agent")
     assert sorted(train.choices) == sorted(A2C_PRESETS)
+
+
+def test_lr_scale_scales_every_learning_rate_and_zero_freezes_the_networks() -> None:
+    seg = random_segments(32, 5, 4, 2, seed=5)
+    agent = A2CAgent(4, 2, A2CConfig(hidden_sizes=(16,), lr_actor=1e-3, lr_log_std=4e-3, lr_critic=2e-3))
+    agent.set_lr_scale(0.25)
+    assert [g["lr"] for g in agent.actor_optim.param_groups] == pytest.approx([2.5e-4, 1e-3])
+    assert [g["lr"] for g in agent.critic_optim.param_groups] == pytest.approx([5e-4])
+    agent.set_lr_scale(0.0)
+    before = [p.detach().clone() for p in agent.actor.parameters()]
+    agent.update(seg)  # Adam with lr 0 takes zero-length steps (the critic's PopArt head still rescales)
+    assert all(torch.equal(b, a) for b, a in zip(before, agent.actor.parameters()))
+    agent.set_lr_scale(1.0)  # back to the configured values, not a product of the scales
+    assert [g["lr"] for g in agent.actor_optim.param_groups] == pytest.approx([1e-3, 4e-3])
+    with pytest.raises(ValueError, match=r"lr scale must be in \[0, 1\]"):
+        agent.set_lr_scale(1.5)

@@ -243,3 +243,19 @@ def test_recent_transitions_are_the_newest_whole_episodes_end_to_end() -> None:
     np.testing.assert_array_equal(rows["obs"][50:100, 0], data.episode(data.num_episodes - 2).observations[:-1])
     assert rows["truncated"][:, 0].nonzero()[0].tolist() == [49, 99, 149]  # each episode's end, nothing between
     assert recent_transitions(data, 10**9)["obs"].shape[0] == data.num_steps  # a window beyond the data: all of it
+
+
+def test_lr_final_fraction_anneals_the_agents_learning_rates_linearly_over_the_online_steps(tmp_path: Path) -> None:
+    trainer = AGDTrainer(tiny_config(lr_final_fraction=0.25), tmp_path / "run", progress=False)
+    base = trainer.agent.config.lr_critic
+    seen = []
+    for _ in range(3):  # 600 online steps in 200-step iterations
+        trainer.iteration()
+        seen.append(trainer.agent.critic_optim.param_groups[0]["lr"] / base)
+    assert seen == pytest.approx([1.0, 0.75, 0.5])  # 1 - 0.75 * (steps already learned from) / 600
+    trainer.collector.close(keep_partial=False)  # as train() ends: the run resumes from its 600-step checkpoint
+    trainer.log.close()
+    resumed = AGDTrainer(tiny_config(lr_final_fraction=0.25, steps=800), tmp_path / "run", resume=True, progress=False)
+    assert resumed.online_steps == 600 and resumed.lr_scale() == pytest.approx(1 - 0.75 * 400 / 800)
+    with pytest.raises(ValueError, match=r"lr_final_fraction must be in \[0, 1\]"):
+        tiny_config(lr_final_fraction=-0.1)
