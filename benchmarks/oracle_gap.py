@@ -9,6 +9,8 @@ s_0. Reported, per step t and over the H-step segment:
 - reward error: mean |r_imagined - r_real| and the real reward's std (what an error is small against);
 - return: mean H-step return imagined vs real, and their correlation across segments (does the dream
   rank segments as reality does?);
+- terminations: the fraction of segments that end in a termination within H, in the dream and in the
+  real replay (does the dream hide falls?);
 - advantages: correlation of A_t from the imagined segment with A_t from the real one (the run's critic
   on both), and how often their signs agree;
 - GAE(λ) advantages as the agent's update computes them (from its target critic): their correlation;
@@ -21,6 +23,7 @@ Run (repo root):
     python3 benchmarks/oracle_gap.py RUN --fit-updates 8000 --set delta_states=true anchor_states=false   # a variant
     python3 benchmarks/oracle_gap.py RUN --mlp-updates 7000   # beside it, a one-step MLP fit on the run's data
     python3 benchmarks/oracle_gap.py RUN --alphas 0 0.1 0.3 1 --name oracle_gap_alpha   # the run's dream under each EAG scale
+    python3 benchmarks/oracle_gap.py RUN --alphas 0.1 --min-guide-noise 0.01 0.1 0.5   # guide at fewer denoising steps
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from agd_envs.dynamics_prior import DynamicsPrior
 from agd_envs.guides import advantages
 from agd_envs.normalization import Normalizer
 from agd_envs.oracle import OracleWorldModel
-from agd_envs.sampling import imagine
+from agd_envs.sampling import DEFAULT_MIN_GUIDE_NOISE, imagine
 from agd_envs.segments import SegmentLayout
 from agd_envs.tasks import Task
 from agd_envs.training import MOMENT_SEGMENTS, WorldModelTrainer
@@ -106,6 +109,7 @@ def gap(agent: A2CAgent, guess: SegmentBatch, real: SegmentBatch, scale: Tensor)
         "reward_std_real": float(real.rewards[valid].std()),
         "return_mean": {"dream": float(returns[0].mean()), "real": float(returns[1].mean())},
         "return_corr": corr(*returns),
+        "terminated_fraction": {"dream": float(guess.terminations[:, -1].double().mean()), "real": float(real.terminations[:, -1].double().mean())},
         "advantage_mean": {"dream": float(adv[0][valid].mean()), "real": float(adv[1][valid].mean())},
         "advantage_corr": corr(adv[0][valid], adv[1][valid]),
         "advantage_sign_agreement": float(((adv[0] > 0) == (adv[1] > 0))[valid].double().mean()),
@@ -149,10 +153,11 @@ def mlp_segments(prior: DynamicsPrior, norm: Normalizer, task: Task, s0: Tensor,
 
 
 def measure(run: Path, starts: int, seed: int, model: WorldModel | None = None, mlp_updates: int = 0,
-            alpha: float | None = None) -> dict[str, object]:
+            alpha: float | None = None, min_guide_noise: float = DEFAULT_MIN_GUIDE_NOISE) -> dict[str, object]:
     """The gap between the run's dream (or ``model``'s) and the real simulator (see the module docstring);
     with ``mlp_updates``, also a one-step MLP's (``fit_one_step_mlp``) under the same actions, as ``"one_step_mlp"``;
-    with ``alpha``, the dream is guided by EAG at that scale (0: unguided) instead of the run's guide."""
+    with ``alpha``, the dream is guided by EAG at that scale (0: unguided) instead of the run's guide; the guide acts
+    only at denoising steps with 1 - alpha_bar_t >= ``min_guide_noise``."""
     config, agent = agent_from_run(run)
     if alpha is not None:
         config.guide, config.alpha = ("eag", alpha) if alpha > 0 else ("none", None)
@@ -161,13 +166,15 @@ def measure(run: Path, starts: int, seed: int, model: WorldModel | None = None, 
     gen = torch.Generator().manual_seed(seed)
     s0 = data.sample_segments(starts, model.config.horizon, generator=gen).states[:, 0]
     critic = agent.critic if config.guide in ("eag", "sag") else None
-    dream: SegmentBatch = imagine(model, s0, agent.actor, critic, guide=config.guide, alpha=config.alpha, generator=gen)
+    dream: SegmentBatch = imagine(model, s0, agent.actor, critic, guide=config.guide, alpha=config.alpha, generator=gen,
+                                  min_guide_noise=min_guide_noise)
     oracle = OracleWorldModel(config.task)
     states, rewards, done = replay(oracle, s0, dream.actions)
     real = SegmentBatch(states=states, actions=dream.actions, rewards=rewards, terminations=done)
     oracle.close()
     scale = torch.as_tensor(np.asarray(data.statistics().obs_std), dtype=torch.float32)
-    row: dict[str, object] = {"run": str(run), "task": config.task, "guide": config.guide, "alpha": config.alpha, "dataset_steps": int(data.num_steps),
+    row: dict[str, object] = {"run": str(run), "task": config.task, "guide": config.guide, "alpha": config.alpha,
+                              "min_guide_noise": min_guide_noise, "dataset_steps": int(data.num_steps),
                               "world_model": {k: v for k, v in model.config.to_dict().items() if k in ("dynamics_prior", "delta_states", "anchor_states")}}  # fmt: skip
     row |= gap(agent, dream, real, scale)
     row["action_saturation"] = float((dream.actions.abs() >= 1.0).double().mean())
@@ -207,6 +214,8 @@ def main() -> None:
                         help="also measure a one-step MLP (agd_envs/dynamics_prior.py alone) fit for this many updates on the run's data")
     parser.add_argument("--alphas", type=float, nargs="*", default=[],
                         help="measure the run's dream guided by EAG at each of these scales (0: unguided) instead of the run's guide")
+    parser.add_argument("--min-guide-noise", type=float, nargs="*", default=[DEFAULT_MIN_GUIDE_NOISE],
+                        help="guide only at denoising steps with 1 - alpha_bar_t >= this; several values: one row each")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=JSON",
                         help="with --fit-updates: WorldModelConfig overrides of the fresh model, e.g. width=512 delta_states=true")
     args = parser.parse_args()
@@ -216,7 +225,8 @@ def main() -> None:
         rows = [row for run in args.runs for row in refits(run, args.fit_updates, overrides, args.starts, args.seed)]
     else:
         alphas = args.alphas or [None]
-        rows = [measure(run, args.starts, args.seed, mlp_updates=args.mlp_updates, alpha=a) for run in args.runs for a in alphas]
+        rows = [measure(run, args.starts, args.seed, mlp_updates=args.mlp_updates, alpha=a, min_guide_noise=m)
+                for run in args.runs for a in alphas for m in args.min_guide_noise]
     write_result(args.name, {"starts": args.starts, "runs": rows})
 
 

@@ -7,11 +7,13 @@ of each phase (the setup -- dataset copy, world-model pretraining, first evaluat
 reported apart) and the implied wall clock of a 100k-step run.
 
 Run (repo root): python3 benchmarks/train_wallclock.py --task Hopper --steps 5000 --threads 1
+    python3 benchmarks/train_wallclock.py --from-run RUN --steps 10000 --threads 2   # a run's own config, alone
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -19,7 +21,7 @@ from pathlib import Path
 import torch
 
 from agents.run_log import PHASES
-from agents.trainer import AGDTrainer, TrainerConfig
+from agents.trainer import AGDTrainer, TrainerConfig, config_from_run
 
 try:
     from benchmarks._common import write_result
@@ -34,9 +36,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5000)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: two runs share a 2-core machine)")
     parser.add_argument("--target-steps", type=int, default=100_000, help="run length to extrapolate to")
+    parser.add_argument("--from-run", type=Path, help="time this `agd train` run's saved config (--steps replaces its length)")
+    parser.add_argument("--name", help="result file benchmarks/results/<name>.json (default train_wallclock_<task>)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    config = TrainerConfig.for_task(args.task, guide=args.guide, steps=args.steps, seed=0)
+    if args.from_run:
+        saved = config_from_run(args.from_run)
+        prefill = saved.prefill_steps if saved.warm_start is None else 0
+        config = dataclasses.replace(saved, steps=args.steps - prefill)  # ``agd train --steps`` counts after the prefill
+    else:
+        config = TrainerConfig.for_task(args.task, guide=args.guide, steps=args.steps, seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         trainer = AGDTrainer(config, Path(tmp) / "run", progress=False)
@@ -53,8 +62,9 @@ def main() -> None:
         print(f"{phase:>8}: {seconds:6.2f} s per 1000 real steps ({100 * seconds / loop_per_1000:4.1f}%)")
     print(f"setup {setup:.1f} s; {loop_per_1000:.2f} s per 1000 real steps; {args.target_steps} steps -> {target_minutes:.1f} min")
     write_result(
-        f"train_wallclock_{args.task.lower()}",
-        {"task": args.task, "guide": args.guide, "steps": args.steps, "threads": args.threads,
+        args.name or f"train_wallclock_{config.task.lower()}",
+        {"task": config.task, "guide": config.guide, "steps": args.steps, "threads": args.threads,
+         "from_run": None if args.from_run is None else str(args.from_run),
          "config": {k: v for k, v in vars(config).items() if k not in ("a2c", "model")} | {"a2c": config.a2c, "model": config.model},
          "setup_seconds": setup, "seconds_per_1000_steps": loop_per_1000, "phase_seconds_per_1000_steps": per_1000,
          "target_steps": args.target_steps, "target_minutes": target_minutes,
