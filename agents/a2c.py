@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
@@ -160,6 +160,17 @@ A2C_PRESETS: dict[str, dict[str, Any]] = {
 def _time_major(x: Tensor) -> Tensor:
     """``B x H x ...`` -> ``H x B x ...`` (the loss code is time-major)."""
     return rearrange(x, "b h ... -> h b ...")
+
+
+def next_state_values(critic: Callable[[Tensor], Tensor], obs: Tensor, next_obs: Tensor, values: Tensor) -> Tensor:
+    """``T x N`` V(next_obs), reusing ``values`` = V(obs) where ``next_obs[t]`` is ``obs[t + 1]`` (inside a segment or
+    an episode); the critic runs only on the rest (each row's last step, episode ends): half the forward rows."""
+    follows = torch.zeros(values.shape, dtype=torch.bool, device=values.device)
+    follows[:-1] = (next_obs[:-1] == obs[1:]).all(-1)
+    next_values = torch.roll(values, -1, 0)
+    rest = ~follows
+    next_values[rest] = critic(next_obs[rest])
+    return next_values
 
 
 def _as_tensor(x: ArrayLike, device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -375,9 +386,9 @@ class A2CAgent:
         ``obs``/``next_obs`` ``T x N x S``; ``rewards``/``terminated``/``episode_end`` ``T x N`` (see :func:`gae`).
         """
         critic = self.target_critic if self.target_critic is not None else self.critic
-        values = critic(torch.cat([obs, next_obs]))
+        values = critic(obs)
         cfg = self.config
-        return gae(rewards, *values.chunk(2), terminated, episode_end, cfg.gamma, cfg.gae_lambda)
+        return gae(rewards, values, next_state_values(critic, obs, next_obs, values), terminated, episode_end, cfg.gamma, cfg.gae_lambda)
 
     def _update(
         self,

@@ -6,6 +6,9 @@ transitions. This times both on real Hopper-v5 transitions (the shipped ``datase
 setting interleaved with the others round by round so that load from other processes hits all of them alike, and
 reports the median seconds per call (rows after a termination inside a segment are
 not learned from, as in imagination: ``valid_fraction``) and the ratio to the reference setting (the first ``--schemes`` entry).
+Beside the real-critic step, ``critic_real_loop`` times the same step computed as it was before the λ-returns became
+a parallel scan (agents/returns.py ``discounted_suffix_sums``) that reuses V(obs) for V(next_obs)
+(agents/a2c.py ``next_state_values``): the critic on obs and next_obs both, and the step-by-step recursion.
 
 Run (repo root):
     OMP_NUM_THREADS=1 python3 benchmarks/agent_update_cost.py --schemes 5x16x256 5x8x256 5x4x256 2x16x256 5x16x128 --name agent_update_cost_hopper
@@ -18,12 +21,14 @@ import statistics
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from agd_envs.datasets import EpisodeDataset
 from agd_envs.defaults import default_dataset_path
 from agents.a2c import A2CAgent, A2CConfig
 from agents.returns import alive_mask
+from torch import Tensor
 from agents.trainer import recent_transitions
 
 try:
@@ -55,6 +60,29 @@ class Scheme:
         return f"{self.epochs}x{self.minibatches}x{self.segments}"
 
 
+def loop_gae(rewards: Tensor, values: Tensor, next_values: Tensor, terminated: Tensor, episode_end: Tensor,
+             gamma: float, lam: float) -> Tensor:
+    """``T x N`` GAE advantages by the step-by-step backward recursion (what the scan replaced)."""
+    deltas = rewards + gamma * (~terminated) * next_values - values
+    carry = gamma * lam * (~(terminated | episode_end))
+    advantages, running = torch.empty_like(deltas), torch.zeros_like(deltas[0])
+    for t in reversed(range(len(deltas))):
+        running = deltas[t] + carry[t] * running
+        advantages[t] = running
+    return advantages
+
+
+def critic_real_loop(agent: A2CAgent, real: dict[str, np.ndarray]) -> None:
+    """The real-critic step with both critic passes and the loop recursion (the reference of ``critic_real``)."""
+    obs, next_obs, rewards = (torch.as_tensor(real[k], dtype=torch.float32) for k in ("obs", "next_obs", "rewards"))
+    terminated = torch.as_tensor(real["terminated"], dtype=torch.bool)
+    end = terminated | torch.as_tensor(real["truncated"], dtype=torch.bool)
+    with torch.no_grad():
+        values, next_values = agent.critic(torch.cat([obs, next_obs])).chunk(2)
+        returns = loop_gae(rewards, values, next_values, terminated, end, agent.config.gamma, agent.config.gae_lambda) + values
+    agent._critic_step(obs, returns)
+
+
 def main() -> None:
     """Time every scheme's update and the real-critic step; write ``benchmarks/results/<name>.json``."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -69,7 +97,7 @@ def main() -> None:
     batches = {s: data.sample_segments(s.segments, HORIZON, generator=generator) for s in args.schemes}
     agents = {s: A2CAgent(11, 3, A2CConfig.named("zoo", epochs=s.epochs, minibatches=s.minibatches)) for s in args.schemes}
     real = recent_transitions(data, args.critic_real_steps)  # what the trainer's real-critic step takes
-    seconds: dict[str, list[float]] = {str(s): [] for s in args.schemes} | {"critic_real": []}
+    seconds: dict[str, list[float]] = {str(s): [] for s in args.schemes} | {"critic_real": [], "critic_real_loop": []}
     for round_ in range(args.rounds + 1):  # round 0 warms up and is dropped
         for scheme, agent in agents.items():
             start = time.perf_counter()
@@ -77,10 +105,11 @@ def main() -> None:
             if round_:
                 seconds[str(scheme)].append(time.perf_counter() - start)
         agent = agents[args.schemes[0]]
-        start = time.perf_counter()
-        agent.update_critic_from_transitions(**real)
-        if round_:
-            seconds["critic_real"].append(time.perf_counter() - start)
+        for name, step in (("critic_real", lambda: agent.update_critic_from_transitions(**real)), ("critic_real_loop", lambda: critic_real_loop(agent, real))):
+            start = time.perf_counter()
+            step()
+            if round_:
+                seconds[name].append(time.perf_counter() - start)
     median = {k: statistics.median(v) for k, v in seconds.items()}
     reference = median[str(args.schemes[0])]
     result = {
@@ -89,6 +118,7 @@ def main() -> None:
         "valid_fraction": {str(s): float(alive_mask(b.terminations).float().mean()) for s, b in batches.items()},
         "median_seconds": median,
         "ratio_to_reference": {k: v / reference for k, v in median.items()},
+        "critic_real_speedup_over_loop": median["critic_real_loop"] / median["critic_real"],
         "raw_seconds": seconds,
     }
     write_result(args.name, result)

@@ -81,6 +81,38 @@ def test_value_targets_bootstrap_from_true_next_obs_at_truncation() -> None:
     assert adv[1, 1].item() == pytest.approx((rewards[1, 1] + gamma * nv[1, 1] - v[1, 1]).item(), abs=1e-6)
 
 
+def test_gae_over_a_long_real_stream_matches_the_step_by_step_reference() -> None:
+    rng = np.random.default_rng(3)
+    T, N, gamma, lam = 3001, 2, 0.999, 0.99  # odd T: the scan's last window is partial
+    r, v, nv = rng.normal(size=(T, N)), rng.normal(size=(T, N)), rng.normal(size=(T, N))
+    term, trunc = rng.random((T, N)) < 0.002, rng.random((T, N)) < 0.002
+    adv, _ = gae(*(torch.as_tensor(x) for x in (r, v, nv, term, term | trunc)), gamma, lam)
+    expected = numpy_gae(r, v, nv, term, trunc, gamma, lam)
+    assert np.abs(expected).max() > 10  # long windows: hundreds of terms per advantage
+    np.testing.assert_allclose(adv.numpy(), expected, atol=1e-9)
+
+
+def test_value_targets_reuse_obs_values_for_next_obs_and_evaluate_only_episode_ends() -> None:
+    torch.manual_seed(0)
+    agent = A2CAgent(3, 2, A2CConfig(target_ema=None, hidden_sizes=(16,)))
+    T, N = 40, 3
+    stream = torch.randn(T + 1, N, 3)
+    obs, next_obs = stream[:-1].clone(), stream[1:].clone()
+    truncated = torch.zeros(T, N, dtype=torch.bool)
+    truncated[[9, 25], 0] = True  # episode ends: the next row starts a new episode, next_obs is the final state
+    obs[[10, 26], 0] = torch.randn(2, 3)
+    rewards, terminated = torch.randn(T, N), torch.zeros(T, N, dtype=torch.bool)
+    seen: list[int] = []
+    critic = agent.critic
+    agent.critic = lambda x: (seen.append(x[..., 0].numel()), critic(x))[1]  # type: ignore[assignment]
+    adv, ret = agent.value_targets(obs, rewards, next_obs, terminated, truncated)
+    with torch.no_grad():
+        expected = gae(rewards, critic(obs), critic(next_obs), terminated, truncated, agent.config.gamma, agent.config.gae_lambda)
+    torch.testing.assert_close(adv, expected[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ret, expected[1], rtol=1e-5, atol=1e-5)
+    assert seen == [T * N, N + 2]  # every obs once; next_obs only at the last row and the two episode ends
+
+
 def _params(agent: A2CAgent) -> torch.Tensor:
     nets = [agent.actor, agent.critic, agent.target_critic]
     return torch.cat([p.detach().flatten() for net in nets for p in net.state_dict().values()])
