@@ -24,6 +24,7 @@ Run (repo root):
     python3 benchmarks/oracle_gap.py RUN --mlp-updates 7000   # beside it, a one-step MLP fit on the run's data
     python3 benchmarks/oracle_gap.py RUN --alphas 0 0.1 0.3 1 --name oracle_gap_alpha   # the run's dream under each EAG scale
     python3 benchmarks/oracle_gap.py RUN --alphas 0.1 --min-guide-noise 0.01 0.1 0.5   # guide at fewer denoising steps
+    python3 benchmarks/oracle_gap.py RUN --alphas 0.1 --max-shift 3 0.3 0.1   # the guide's shift clipped tighter
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from agd_envs.dynamics_prior import DynamicsPrior
 from agd_envs.guides import advantages
 from agd_envs.normalization import Normalizer
 from agd_envs.oracle import OracleWorldModel
-from agd_envs.sampling import DEFAULT_MIN_GUIDE_NOISE, imagine
+from agd_envs.sampling import DEFAULT_MAX_SHIFT, DEFAULT_MIN_GUIDE_NOISE, imagine
 from agd_envs.segments import SegmentLayout
 from agd_envs.tasks import Task
 from agd_envs.training import MOMENT_SEGMENTS, WorldModelTrainer
@@ -153,11 +154,12 @@ def mlp_segments(prior: DynamicsPrior, norm: Normalizer, task: Task, s0: Tensor,
 
 
 def measure(run: Path, starts: int, seed: int, model: WorldModel | None = None, mlp_updates: int = 0,
-            alpha: float | None = None, min_guide_noise: float = DEFAULT_MIN_GUIDE_NOISE) -> dict[str, object]:
+            alpha: float | None = None, min_guide_noise: float = DEFAULT_MIN_GUIDE_NOISE,
+            max_shift: float = DEFAULT_MAX_SHIFT) -> dict[str, object]:
     """The gap between the run's dream (or ``model``'s) and the real simulator (see the module docstring);
     with ``mlp_updates``, also a one-step MLP's (``fit_one_step_mlp``) under the same actions, as ``"one_step_mlp"``;
     with ``alpha``, the dream is guided by EAG at that scale (0: unguided) instead of the run's guide; the guide acts
-    only at denoising steps with 1 - alpha_bar_t >= ``min_guide_noise``."""
+    only at denoising steps with 1 - alpha_bar_t >= ``min_guide_noise``, its shift clipped to +-``max_shift`` z."""
     config, agent = agent_from_run(run)
     if alpha is not None:
         config.guide, config.alpha = ("eag", alpha) if alpha > 0 else ("none", None)
@@ -167,14 +169,14 @@ def measure(run: Path, starts: int, seed: int, model: WorldModel | None = None, 
     s0 = data.sample_segments(starts, model.config.horizon, generator=gen).states[:, 0]
     critic = agent.critic if config.guide in ("eag", "sag") else None
     dream: SegmentBatch = imagine(model, s0, agent.actor, critic, guide=config.guide, alpha=config.alpha, generator=gen,
-                                  min_guide_noise=min_guide_noise)
+                                  min_guide_noise=min_guide_noise, max_shift=max_shift)
     oracle = OracleWorldModel(config.task)
     states, rewards, done = replay(oracle, s0, dream.actions)
     real = SegmentBatch(states=states, actions=dream.actions, rewards=rewards, terminations=done)
     oracle.close()
     scale = torch.as_tensor(np.asarray(data.statistics().obs_std), dtype=torch.float32)
     row: dict[str, object] = {"run": str(run), "task": config.task, "guide": config.guide, "alpha": config.alpha,
-                              "min_guide_noise": min_guide_noise, "dataset_steps": int(data.num_steps),
+                              "min_guide_noise": min_guide_noise, "max_shift": max_shift, "dataset_steps": int(data.num_steps),
                               "world_model": {k: v for k, v in model.config.to_dict().items() if k in ("dynamics_prior", "delta_states", "anchor_states")}}  # fmt: skip
     row |= gap(agent, dream, real, scale)
     row["action_saturation"] = float((dream.actions.abs() >= 1.0).double().mean())
@@ -216,6 +218,8 @@ def main() -> None:
                         help="measure the run's dream guided by EAG at each of these scales (0: unguided) instead of the run's guide")
     parser.add_argument("--min-guide-noise", type=float, nargs="*", default=[DEFAULT_MIN_GUIDE_NOISE],
                         help="guide only at denoising steps with 1 - alpha_bar_t >= this; several values: one row each")
+    parser.add_argument("--max-shift", type=float, nargs="*", default=[DEFAULT_MAX_SHIFT],
+                        help="clip the guide's shift per entry to +- this many z units; several values: one row each")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=JSON",
                         help="with --fit-updates: WorldModelConfig overrides of the fresh model, e.g. width=512 delta_states=true")
     args = parser.parse_args()
@@ -225,8 +229,8 @@ def main() -> None:
         rows = [row for run in args.runs for row in refits(run, args.fit_updates, overrides, args.starts, args.seed)]
     else:
         alphas = args.alphas or [None]
-        rows = [measure(run, args.starts, args.seed, mlp_updates=args.mlp_updates, alpha=a, min_guide_noise=m)
-                for run in args.runs for a in alphas for m in args.min_guide_noise]
+        rows = [measure(run, args.starts, args.seed, mlp_updates=args.mlp_updates, alpha=a, min_guide_noise=m, max_shift=c)
+                for run in args.runs for a in alphas for m in args.min_guide_noise for c in args.max_shift]
     write_result(args.name, {"starts": args.starts, "runs": rows})
 
 
