@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 import numpy as np
 import torch
@@ -235,8 +235,10 @@ class A2CAgent:
             {"params": list(self.actor.mean_net.parameters())},
             {"params": [self.actor.log_std], "lr": lr_log_std},
         ]
-        self.actor_optim = torch.optim.Adam(groups, lr=config.lr_actor, eps=1e-5)
-        self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=config.lr_critic, eps=1e-5)
+        # fused: one kernel per parameter group instead of ~10 per tensor (the same Adam, to float rounding);
+        # benchmarks/results/agent_update_cost_hopper_fused.json
+        self.actor_optim = torch.optim.Adam(groups, lr=config.lr_actor, eps=1e-5, fused=True)
+        self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=config.lr_critic, eps=1e-5, fused=True)
         self._base_lrs = [[group["lr"] for group in optim.param_groups] for optim in self._optimizers()]
         self.num_updates = 0
 
@@ -417,11 +419,10 @@ class A2CAgent:
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
         with torch.no_grad():
             old_log_prob = self.actor(obs).log_prob(actions)
-        metrics: dict[str, float] = {}
-        for _ in range(cfg.epochs):
-            for rows in self._minibatches(len(obs), obs.device):
-                metrics = self._actor_step(obs[rows], actions[rows], advantages[rows], old_log_prob[rows])
-                metrics |= self._critic_step(obs[rows], returns[rows])
+        steps = [rows for _ in range(cfg.epochs) for rows in self._minibatches(len(obs), obs.device)]
+        for rows in steps:
+            report = self._minibatch_step(obs[rows], actions[rows], advantages[rows], old_log_prob[rows], returns[rows])
+        metrics = report()  # the last step's metrics, computed once
         metrics["policy_change"] = self._policy_change(obs, actions, old_log_prob)
         if self.target_critic is not None:
             with torch.no_grad():
@@ -437,9 +438,15 @@ class A2CAgent:
             return [slice(None)]
         return torch.randperm(n, device=device).tensor_split(min(self.config.minibatches, n))
 
-    def _actor_step(self, obs: Tensor, actions: Tensor, adv: Tensor, old_log_prob: Tensor) -> dict[str, float]:
-        """Policy-gradient step on ``N x S`` obs, ``N x A`` actions, ``N`` (normalized) advantages and the
-        ``N`` log-probs of the policy before the batch's first step (used by the clipped surrogate)."""
+    def _minibatch_step(
+        self, obs: Tensor, actions: Tensor, adv: Tensor, old_log_prob: Tensor, returns: Tensor
+    ) -> Callable[[], dict[str, float]]:
+        """One actor and one critic step on a minibatch -> a thunk that computes the step's metrics.
+
+        ``N x S`` obs, ``N x A`` actions, ``N`` (normalized) advantages, the ``N`` log-probs of the policy before the
+        batch's first step (for the clipped surrogate) and ``N`` λ-returns. The two networks share no parameter, so
+        one backward pass through the summed losses gives each exactly its own gradient; each is clipped and stepped
+        with its own optimizer."""
         cfg = self.config
         dist = self.actor(obs)
         log_prob = dist.log_prob(actions)
@@ -449,34 +456,45 @@ class A2CAgent:
         else:
             ratio = torch.exp(log_prob - old_log_prob)
             surrogate = torch.minimum(ratio * adv, ratio.clamp(1.0 - cfg.clip_ratio, 1.0 + cfg.clip_ratio) * adv)
-        loss = -surrogate.mean() - cfg.entropy_weight * entropy
-        self.actor_optim.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(self.actor.parameters(), cfg.max_grad_norm_actor)
-        self.actor_optim.step()
-        return {
-            "actor_loss": float(loss.detach()),
-            "entropy": float(entropy.detach()),
-            "std": float(dist.stddev.detach().mean()),
-            "actor_grad_norm": float(grad_norm),
-        }
+        actor_loss = -surrogate.mean() - cfg.entropy_weight * entropy
+        critic_loss, values = self._critic_loss(obs, returns)
+        for optim in self._optimizers():
+            optim.zero_grad(set_to_none=True)
+        (actor_loss + critic_loss).backward()
+        actor_norm = self._clipped_step(self.actor_optim, self.actor.parameters(), cfg.max_grad_norm_actor)
+        critic_norm = self._clipped_step(self.critic_optim, self.critic.parameters(), cfg.max_grad_norm_critic)
+
+        def report() -> dict[str, float]:
+            return {
+                "actor_loss": float(actor_loss.detach()),
+                "entropy": float(entropy.detach()),
+                "std": float(dist.stddev.detach().mean()),
+                "actor_grad_norm": float(actor_norm),
+            } | self._critic_metrics(critic_loss, values, returns, critic_norm)
+
+        return report
+
+    @staticmethod
+    def _clipped_step(optim: torch.optim.Optimizer, params: Iterable[Tensor], max_norm: float) -> Tensor:
+        """Clip the gradients of ``params`` to ``max_norm`` (global norm), step ``optim`` -> the norm before clipping."""
+        grad_norm = nn.utils.clip_grad_norm_(params, max_norm)
+        optim.step()
+        return grad_norm
 
     @torch.no_grad()
     def _policy_change(self, obs: Tensor, actions: Tensor, old_log_prob: Tensor) -> float:
         """Mean |Δ log π(a|s)| over the whole update, the reference's line-search target."""
         return float((self.actor(obs).log_prob(actions) - old_log_prob).abs().mean())
 
-    def _critic_step(self, obs: Tensor, returns: Tensor) -> dict[str, float]:
-        """Regression step of the online critic on ``N`` λ-returns (loss in PopArt-normalized units)."""
-        cfg = self.config
+    def _critic_loss(self, obs: Tensor, returns: Tensor) -> tuple[Tensor, Tensor]:
+        """Regression loss of the online critic on ``N`` λ-returns (PopArt-normalized units) and its ``N`` real-unit values."""
         mean, std = self.critic.value_mean, self.critic.value_std
         prediction = self.critic.normalized(obs)
         loss = 0.5 * ((returns - mean) / std - prediction).square().mean()
-        self.critic_optim.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm_critic)
-        self.critic_optim.step()
-        values = prediction.detach() * std + mean
+        return loss, prediction.detach() * std + mean
+
+    @staticmethod
+    def _critic_metrics(loss: Tensor, values: Tensor, returns: Tensor, grad_norm: Tensor) -> dict[str, float]:
         return {
             "critic_loss": float(loss.detach()),
             "value_mse": float((returns - values).square().mean()),  # real units, before the step
@@ -484,6 +502,14 @@ class A2CAgent:
             "critic_grad_norm": float(grad_norm),
             "value_mean": float(values.mean()),
         }
+
+    def _critic_step(self, obs: Tensor, returns: Tensor) -> dict[str, float]:
+        """Regression step of the online critic alone on ``N`` λ-returns -> metrics."""
+        loss, values = self._critic_loss(obs, returns)
+        self.critic_optim.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = self._clipped_step(self.critic_optim, self.critic.parameters(), self.config.max_grad_norm_critic)
+        return self._critic_metrics(loss, values, returns, grad_norm)
 
     @torch.no_grad()
     def _update_value_statistics(self, returns: Tensor) -> None:

@@ -10,15 +10,24 @@ Beside the real-critic step, ``critic_real_loop`` times the same step computed a
 a parallel scan (agents/returns.py ``discounted_suffix_sums``) that reuses V(obs) for V(next_obs)
 (agents/a2c.py ``next_state_values``): the critic on obs and next_obs both, and the step-by-step recursion.
 
+``--reference-rev REV`` also times the first scheme with ``agents/a2c.py`` as it was at git revision REV (loaded from
+``git show``), interleaved with today's, so a change to the update is measured against its predecessor in one run.
+
 Run (repo root):
     OMP_NUM_THREADS=1 python3 benchmarks/agent_update_cost.py --schemes 5x16x256 5x8x256 5x4x256 2x16x256 5x16x128 --name agent_update_cost_hopper
+    OMP_NUM_THREADS=1 PYTHONPATH=. python3 benchmarks/agent_update_cost.py --schemes 5x16x256 --reference-rev 2070187 --name agent_update_cost_hopper_fused
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +39,7 @@ from agents.a2c import A2CAgent, A2CConfig
 from agents.returns import alive_mask
 from torch import Tensor
 from agents.trainer import recent_transitions
+from types import ModuleType
 
 try:
     from benchmarks._common import write_result
@@ -83,6 +93,18 @@ def critic_real_loop(agent: A2CAgent, real: dict[str, np.ndarray]) -> None:
     agent._critic_step(obs, returns)
 
 
+def module_at_revision(rev: str, path: str = "agents/a2c.py") -> ModuleType:
+    """The module in ``path`` as it was at git revision ``rev``, imported under a name of its own."""
+    source = subprocess.run(["git", "show", f"{rev}:{path}"], check=True, capture_output=True, text=True).stdout
+    file = Path(tempfile.mkdtemp()) / f"a2c_at_{rev}.py"
+    file.write_text(source)
+    spec = importlib.util.spec_from_file_location(file.stem, file)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[file.stem] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
 def main() -> None:
     """Time every scheme's update and the real-critic step; write ``benchmarks/results/<name>.json``."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -91,34 +113,43 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default="agent_update_cost_hopper")
+    parser.add_argument("--reference-rev", help="also time the first scheme with agents/a2c.py at this git revision")
     args = parser.parse_args()
     generator = torch.Generator().manual_seed(args.seed)
     data = EpisodeDataset.open(default_dataset_path("Hopper"))
     batches = {s: data.sample_segments(s.segments, HORIZON, generator=generator) for s in args.schemes}
-    agents = {s: A2CAgent(11, 3, A2CConfig.named("zoo", epochs=s.epochs, minibatches=s.minibatches)) for s in args.schemes}
+    agents = {str(s): A2CAgent(11, 3, A2CConfig.named("zoo", epochs=s.epochs, minibatches=s.minibatches)) for s in args.schemes}
+    first = args.schemes[0]
+    batches = {str(s): b for s, b in batches.items()}
+    if args.reference_rev:
+        old = module_at_revision(args.reference_rev)
+        key = f"{first}@{args.reference_rev}"
+        agents[key] = old.A2CAgent(11, 3, old.A2CConfig.named("zoo", epochs=first.epochs, minibatches=first.minibatches))
+        batches[key] = batches[str(first)]
     real = recent_transitions(data, args.critic_real_steps)  # what the trainer's real-critic step takes
-    seconds: dict[str, list[float]] = {str(s): [] for s in args.schemes} | {"critic_real": [], "critic_real_loop": []}
+    seconds: dict[str, list[float]] = {key: [] for key in agents} | {"critic_real": [], "critic_real_loop": []}
     for round_ in range(args.rounds + 1):  # round 0 warms up and is dropped
         for scheme, agent in agents.items():
             start = time.perf_counter()
             agent.update(batches[scheme])
             if round_:
                 seconds[str(scheme)].append(time.perf_counter() - start)
-        agent = agents[args.schemes[0]]
+        agent = agents[str(first)]
         for name, step in (("critic_real", lambda: agent.update_critic_from_transitions(**real)), ("critic_real_loop", lambda: critic_real_loop(agent, real))):
             start = time.perf_counter()
             step()
             if round_:
                 seconds[name].append(time.perf_counter() - start)
     median = {k: statistics.median(v) for k, v in seconds.items()}
-    reference = median[str(args.schemes[0])]
+    reference = median[str(first)]
     result = {
-        "reference": str(args.schemes[0]),
+        "reference": str(first),
         "critic_real_steps": args.critic_real_steps,
-        "valid_fraction": {str(s): float(alive_mask(b.terminations).float().mean()) for s, b in batches.items()},
+        "valid_fraction": {key: float(alive_mask(b.terminations).float().mean()) for key, b in batches.items()},
         "median_seconds": median,
         "ratio_to_reference": {k: v / reference for k, v in median.items()},
         "critic_real_speedup_over_loop": median["critic_real_loop"] / median["critic_real"],
+        **({"speedup_over_reference_rev": median[f"{first}@{args.reference_rev}"] / reference} if args.reference_rev else {}),
         "raw_seconds": seconds,
     }
     write_result(args.name, result)
