@@ -54,6 +54,7 @@ from agents.run_log import PHASES, RunLog
 
 IMAGINATION_MODES = ("joint", "closed-loop")
 WORLD_MODELS = ("diffusion", "oracle")
+IMAGINATION_DTYPES = ("float32", "bfloat16")
 
 
 @dataclass
@@ -126,6 +127,11 @@ class TrainerConfig:
     to this fraction of them at ``steps`` (1.0: constant, the paper's; 0.0: annealed to zero, as CleanRL's PPO).
     The schedule follows ``online_steps / steps``, so a resumed run keeps it and an extended one (a larger
     ``steps``) stretches it."""
+    imagination_dtype: str = "float32"
+    """``float32``, or ``bfloat16``: joint imagination runs under ``torch.autocast`` (matmuls in bf16, the segments returned
+    in float32). On a CPU with AVX512-BF16, Hopper EAG imagines 1.6x the transitions/s at 0.015 z step-H deviation from
+    float32 (benchmarks/imagination_cost.py --dtypes); on CPUs without native bf16 it is slower. Model and agent updates
+    stay float32 (a bf16 world-model loss came out 10x higher)."""
     world_model: str = "diffusion"
     """``diffusion`` (the learned WorldModel) or ``oracle`` (the real simulator, agd_envs.oracle: guide
     ``none`` and joint imagination only; ``model`` overrides other than ``horizon`` are ignored)."""
@@ -142,6 +148,8 @@ class TrainerConfig:
                 raise ValueError(f"guide {self.guide!r}: the oracle world model is not differentiable and serves only guide 'none'")
             if self.imagination != "joint":
                 raise ValueError(f"imagination {self.imagination!r} is not supported with the oracle world model; use 'joint'")
+        if self.imagination_dtype not in IMAGINATION_DTYPES:
+            raise ValueError(f"imagination_dtype must be one of {IMAGINATION_DTYPES}, got {self.imagination_dtype!r}")
         if not 0.0 <= self.lr_final_fraction <= 1.0:
             raise ValueError(f"lr_final_fraction must be in [0, 1] (1.0: constant learning rates), got {self.lr_final_fraction}")
         for name in ("eval_every", "checkpoint_every"):
@@ -335,7 +343,7 @@ class AGDTrainer:
         cfg = self.config
         s0 = self._real_segments(dataset, self.ranks.share(cfg.imagination_batch, "imagination_batch")).states[:, 0].to(self.model.device)
         if cfg.imagination == "joint":
-            with self._phase("imagine"):
+            with self._phase("imagine"), self._imagination_autocast():
                 segments = imagine(self.model, s0, self.agent.actor, self.agent.critic, guide=cfg.guide, alpha=cfg.alpha,
                                   gamma=self.agent.config.gamma, generator=self._device_generator())  # fmt: skip
             with self._phase("agent"):
@@ -394,6 +402,11 @@ class AGDTrainer:
             obs = next_obs
         env.close()
         return {k: np.stack(v) for k, v in rows.items()}
+
+    def _imagination_autocast(self) -> torch.autocast:
+        """Autocast to ``config.imagination_dtype`` on the model's device (disabled for float32)."""
+        dtype = getattr(torch, self.config.imagination_dtype)
+        return torch.autocast(torch.device(self.config.device).type, dtype=dtype, enabled=dtype != torch.float32)
 
     def _device_generator(self) -> torch.Generator:
         """A generator on the model's device, seeded from the trainer's CPU generator (reproducible)."""

@@ -12,8 +12,13 @@ real [Linear, LayerNorm, ELU] networks, not stand-ins), from start states of the
   simulator replaying the imagined actions (benchmarks/oracle_gap.py ``gap``), the mean imagined advantage
   (what EAG raises) and the policy-gradient cosine with the real replay.
 
+``--dtypes float32 bfloat16`` repeats every setting under ``torch.autocast`` to bf16 (what ``agd train --set
+imagination_dtype=bfloat16`` does): keys gain ``/bfloat16``, and ``deviation_from_float32_z`` is the step-H state RMSE (z)
+between a bf16 setting's segments and the same setting's float32 ones from the same noise.
+
 Run (repo root):
     OMP_NUM_THREADS=1 python3 benchmarks/imagination_cost.py RUN --batch 256 1024 4096 --min-guide-noise 0 0.01 0.05 --name imagination_cost_halfcheetah
+    OMP_NUM_THREADS=1 PYTHONPATH=. python3 benchmarks/imagination_cost.py RUN --min-guide-noise 0 0.01 --dtypes float32 bfloat16 --name imagination_cost_hopper_bf16
 """
 
 from __future__ import annotations
@@ -69,10 +74,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--alpha", type=float, default=None, help="EAG scale (default: the task's)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=["float32", "bfloat16"],
+                        help="autocast dtypes to time (float32: none); float32 must come first, the reference")
     parser.add_argument("--name", default="imagination_cost")
     args = parser.parse_args()
     if 0.0 not in args.thresholds:
         raise SystemExit("--min-guide-noise must include 0 (the guide at every step), the reference of every ratio")
+    if args.dtypes[0] != "float32":
+        raise SystemExit("--dtypes must start with float32, the reference of every ratio")
 
     config, agent = agent_from_run(args.run)
     model = WorldModel.load(args.run / "checkpoint" / "model").eval()
@@ -81,17 +90,22 @@ def main() -> None:
     s0_all = data.sample_segments(max(args.batch), horizon, generator=torch.Generator().manual_seed(args.seed)).states[:, 0]
     actor, critic = agent.actor, agent.critic
 
-    def run(s0: torch.Tensor, guide: str, threshold: float = 0.0) -> SegmentBatch:
+    def run(s0: torch.Tensor, guide: str, threshold: float = 0.0, dtype: str = "float32") -> SegmentBatch:
         generator = torch.Generator().manual_seed(args.seed)
-        with torch.no_grad() if guide == "none" else torch.enable_grad():
+        cast = getattr(torch, dtype)
+        with torch.no_grad() if guide == "none" else torch.enable_grad(), torch.autocast("cpu", dtype=cast, enabled=cast != torch.float32):
             return imagine(model, s0, actor, critic, guide=guide, alpha=args.alpha, generator=generator, min_guide_noise=threshold)
 
+    # label -> (guide, threshold, dtype): unguided and EAG at each threshold, under each dtype
+    settings = {
+        f"{label}{'' if dtype == 'float32' else '/' + dtype}": (guide, threshold, dtype)
+        for dtype in args.dtypes
+        for label, guide, threshold in [("none", "none", 0.0)] + [(f"eag@{t:g}", "eag", t) for t in args.thresholds]
+    }
     speed = []
     for batch in args.batch:
         s0 = s0_all[:batch]
-        seconds = {"none": median_seconds(lambda: run(s0, "none"), args.repeats)}
-        for threshold in args.thresholds:
-            seconds[f"eag@{threshold:g}"] = median_seconds(lambda: run(s0, "eag", threshold), args.repeats)
+        seconds = {label: median_seconds(lambda: run(s0, *setting), args.repeats) for label, setting in settings.items()}
         row = {"batch": batch, "cpu_seconds": seconds,
                "transitions_per_s": {k: batch * horizon / v for k, v in seconds.items()},
                "speedup_vs_eag@0": {k: seconds["eag@0"] / v for k, v in seconds.items()}}  # fmt: skip
@@ -99,14 +113,17 @@ def main() -> None:
         print(f"B={batch:<5} " + "  ".join(f"{k}: {v:9.0f}/s" for k, v in row["transitions_per_s"].items()))
 
     s0 = s0_all[: args.batch[0]]
-    unguided, full = run(s0, "none"), run(s0, "eag", 0.0)
+    segments = {label: run(s0, *setting) for label, setting in settings.items()}
+    unguided, full = segments["none"], segments["eag@0"]
     oracle = OracleWorldModel(config.task)
     scale = torch.as_tensor(np.asarray(data.statistics().obs_std), dtype=torch.float32)
     samples = {}
-    for label, batch in [("none", unguided)] + [(f"eag@{t:g}", run(s0, "eag", t)) for t in args.thresholds]:
+    for label, batch in segments.items():
         states, rewards, done = replay(oracle, s0, batch.actions)
         measures = gap(agent, batch, SegmentBatch(states=states, actions=batch.actions, rewards=rewards, terminations=done), scale)
+        reference = segments[label.split("/")[0]]  # the same setting in float32
         samples[label] = {
+            "deviation_from_float32_z": float(((batch.states[:, -1] - reference.states[:, -1]) / scale).square().mean().sqrt()),
             "guide_effect_kept": kept(batch.states / scale, full.states / scale, unguided.states / scale),
             "state_rmse_z_at_H": measures["state_rmse_z_per_step"][-1],
             "advantage_mean_dream": measures["advantage_mean"]["dream"],

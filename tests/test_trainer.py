@@ -88,6 +88,8 @@ def test_bad_config_values_name_the_fix() -> None:
         TrainerConfig.for_task("Hopper", guide="advantage")
     with pytest.raises(ValueError, match="multiple of iteration_steps"):
         TrainerConfig.for_task("Hopper", eval_every=1500)
+    with pytest.raises(ValueError, match=r"imagination_dtype must be one of \('float32', 'bfloat16'\), got 'float16'"):
+        TrainerConfig.for_task("Hopper", imagination_dtype="float16")
 
 
 def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -259,3 +261,30 @@ def test_lr_final_fraction_anneals_the_agents_learning_rates_linearly_over_the_o
     assert resumed.online_steps == 600 and resumed.lr_scale() == pytest.approx(1 - 0.75 * 400 / 800)
     with pytest.raises(ValueError, match=r"lr_final_fraction must be in \[0, 1\]"):
         tiny_config(lr_final_fraction=-0.1)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_imagination_dtype_autocasts_joint_imagination_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dtype: str) -> None:
+    # bfloat16: imagine runs under CPU autocast and hands the agent float32 segments; float32: no autocast. The agent's
+    # and the model's updates never run under it.
+    import torch
+
+    import agents.trainer as trainer_module
+
+    seen: list[tuple[bool, torch.dtype]] = []
+    real_imagine = trainer_module.imagine
+
+    def recording_imagine(*args, **kwargs):
+        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return real_imagine(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "imagine", recording_imagine)
+    trainer = AGDTrainer(tiny_config(imagination_dtype=dtype), tmp_path / "run", progress=False)
+    real_update = trainer.agent.update
+    updates: list[tuple[bool, torch.dtype]] = []
+    monkeypatch.setattr(trainer.agent, "update", lambda segments: (updates.append((torch.is_autocast_enabled("cpu"), segments.states.dtype)), real_update(segments))[1])
+    trainer.iteration()
+    assert seen and all(enabled == (dtype == "bfloat16") for enabled, _ in seen)
+    if dtype == "bfloat16":
+        assert {cast for _, cast in seen} == {torch.bfloat16}
+    assert updates and set(updates) == {(False, torch.float32)}
