@@ -103,10 +103,9 @@ def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
         model["reward_head"] = True
     if model:
         overrides["model"] = model
-    from agents.a2c import A2C_PRESETS, A2CConfig
+    from agents.a2c import A2CConfig
 
-    agent = dict(A2C_PRESETS[args.agent]) if args.agent else {}
-    agent |= dict(parse_field_value(item, A2CConfig) for item in args.agent_set or [])
+    agent = dict(parse_field_value(item, A2CConfig) for item in args.agent_set or [])
     if agent:
         overrides["a2c"] = agent
     return overrides
@@ -123,7 +122,7 @@ def _set_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return fields
 
 
-_DICT_FLAGS = {"model": "--model-set/--reward-head", "a2c": "--agent/--agent-set"}
+_DICT_FLAGS = {"model": "--model-set/--reward-head", "a2c": "--agent-set"}
 """Flags that set entries of a TrainerConfig dict field rather than a field."""
 
 
@@ -147,7 +146,7 @@ def _resumed_config(config: "TrainerConfig", args: argparse.Namespace) -> "Train
     for key, value in given.items():
         saved = getattr(config, key)
         if key in _DICT_FLAGS:
-            shown = " ".join([args.agent or "", *(args.agent_set or [])] if key == "a2c" else args.model_set or []).strip()
+            shown = " ".join(args.agent_set or [] if key == "a2c" else args.model_set or [])
             differs, flag = any(saved.get(k) != v for k, v in value.items()), _DICT_FLAGS[key]
         elif key in set_fields:
             differs, flag, shown = saved != value, "--set", f"{key}={value}"
@@ -165,7 +164,7 @@ def _resumed_config(config: "TrainerConfig", args: argparse.Namespace) -> "Train
 
 _TRAIN_OVERRIDES = ("imagination", "alpha", "warm_start", "iteration_steps", "eval_every", "eval_episodes",
                     "checkpoint_every", "device", "num_envs", "model_preset", "sampling_steps", "world_model",
-                    "prefill_steps", "start_window")  # fmt: skip
+                    "prefill_steps", "start_window", "agent")  # fmt: skip
 
 
 def _eval(args: argparse.Namespace) -> None:
@@ -266,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--warm-start", dest="warm_start",
                        help="dataset to start from (default: the shipped one); 'none': --prefill-steps uniform-random steps instead")
     train.add_argument("--agent", choices=["paper", "ppo", "zoo"],
-                       help="agent update scheme (agents/a2c.py A2C_PRESETS): paper = one A2C step per batch (default), ppo = 4 clipped epochs x 4 minibatches, zoo = RL Zoo's Hopper PPO (5 x 16, gamma 0.999, no target critic)")
+                       help="agent update scheme (agents/a2c.py A2C_PRESETS; default: the task's, zoo on Hopper, paper elsewhere): paper = the paper's A2C, one step per batch, ppo = 4 clipped epochs x 4 minibatches, zoo = RL Zoo's Hopper PPO (5 x 16, gamma 0.999, no target critic)")
     train.add_argument("--agent-set", dest="agent_set", nargs="+", metavar="FIELD=VALUE",
                        help="A2CConfig overrides on --agent's scheme, e.g. gamma=0.999 target_ema=null")
     train.add_argument("--start-window", dest="start_window", type=int,

@@ -149,5 +149,8 @@ def distributed_from_env(device: str | torch.device = "cpu") -> Iterator[Distrib
     dist.init_process_group(backend)
     try:
         yield Distributed(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank)
+        # Every rank is done before any tears the group down: a rank that leaves while rank 0 still writes its files
+        # was seen to abort in gloo's teardown ("terminate called without an active exception", 1 run in 6).
+        dist.barrier()
     finally:
         dist.destroy_process_group()

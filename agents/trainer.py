@@ -47,7 +47,7 @@ from agd_envs.sampling import imagine
 from agd_envs.tasks import get_task
 from agd_envs.training import WorldModelTrainer
 from agd_envs.world_model import WorldModel, WorldModelConfig
-from agents.a2c import A2CAgent, A2CConfig
+from agents.a2c import A2C_PRESETS, A2CAgent, A2CConfig
 from agents.checkpoint import RunCheckpoint
 from agents.evaluation import evaluate
 from agents.run_log import PHASES, RunLog
@@ -108,8 +108,11 @@ class TrainerConfig:
     """Imagination starts from states of the most recent ``start_window`` real transitions (whole episodes,
     newest first; at least the last one); None: from the whole dataset (the paper's). Recent states are
     where the current policy goes; the warm start's random-play states are where it no longer does."""
+    agent: str = "paper"
+    """The agent's update scheme, a name in ``agents.a2c.A2C_PRESETS`` (``paper``: the paper's A2C; ``zoo``: RL Zoo's
+    Hopper PPO); ``a2c`` overrides its fields."""
     a2c: dict[str, Any] = field(default_factory=dict)
-    """Overrides of A2CConfig fields."""
+    """Overrides of the ``agent`` scheme's A2CConfig fields."""
     model: dict[str, Any] = field(default_factory=dict)
     """Overrides of the world-model preset's WorldModelConfig fields (e.g. ``{"width": 256}``)."""
     critic_real_segments: int = 0
@@ -148,6 +151,8 @@ class TrainerConfig:
                 raise ValueError(f"guide {self.guide!r}: the oracle world model is not differentiable and serves only guide 'none'")
             if self.imagination != "joint":
                 raise ValueError(f"imagination {self.imagination!r} is not supported with the oracle world model; use 'joint'")
+        if self.agent not in A2C_PRESETS:
+            raise ValueError(f"agent must be one of {sorted(A2C_PRESETS)} (agents/a2c.py A2C_PRESETS), got {self.agent!r}")
         if self.imagination_dtype not in IMAGINATION_DTYPES:
             raise ValueError(f"imagination_dtype must be one of {IMAGINATION_DTYPES}, got {self.imagination_dtype!r}")
         if not 0.0 <= self.lr_final_fraction <= 1.0:
@@ -157,6 +162,10 @@ class TrainerConfig:
                 raise ValueError(f"{name}={getattr(self, name)} must be a multiple of iteration_steps={self.iteration_steps}")
         if self.iteration_steps % self.num_envs:
             raise ValueError(f"iteration_steps={self.iteration_steps} must be a multiple of num_envs={self.num_envs}")
+
+    def a2c_config(self) -> A2CConfig:
+        """The agent's hyper-parameters: the ``agent`` scheme with the ``a2c`` overrides."""
+        return A2CConfig.named(self.agent, **self.a2c)
 
     @classmethod
     def for_task(cls, task: str, **overrides: Any) -> "TrainerConfig":
@@ -186,7 +195,11 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
         "model_pretrain_updates": 1500, "model_updates_per_step": 0.2, "agent_updates_per_step": 0.1,
         "model": {"reward_weight": 10.0, "dynamics_prior": False, "anchor_states": True}, "a2c": {"init_std": 0.3},
     },
-    "Hopper": {},
+    # Hopper: the learner that beats PPO at 100k real steps (docs/results.md, "Hopper EAG to 100k real steps"): RL Zoo's
+    # Hopper PPO as the update, imagination from the newest 5k real transitions, the critic also fit on λ-returns of
+    # the newest 5k real transitions, the agent's lr annealed to zero. The paper's A2C: `agd train --agent paper
+    # --set start_window=null critic_real_steps=0 lr_final_fraction=1.0`.
+    "Hopper": {"agent": "zoo", "start_window": 5000, "critic_real_steps": 5000, "lr_final_fraction": 0.0},
     "Walker2d": {},
     "HalfCheetah": {"eval_episodes": 5},
 }
@@ -210,7 +223,7 @@ class AGDTrainer:
         self.generator = torch.Generator().manual_seed(self.ranks.seed(config.seed))
         self.log = RunLog(self.run_dir)
         self.agent = A2CAgent(
-            self.task.obs_dim, self.task.act_dim, A2CConfig(**config.a2c),
+            self.task.obs_dim, self.task.act_dim, config.a2c_config(),
             action_low=self.task.action_low, action_high=self.task.action_high, device=config.device,
         )  # fmt: skip
         self.ranks.average_gradients([*self.agent.actor.parameters(), *self.agent.critic.parameters()])
@@ -496,8 +509,8 @@ def recent_transitions(dataset: EpisodeDataset, window: int) -> dict[str, np.nda
 def run_label(config: TrainerConfig) -> str:
     """A run's ``algo`` label: ``agd-<guide>``, plus ``-alpha<α>`` when the guide scale is not the task's default
     and ``-rhead`` when the world model predicts rewards with a reward head; ``agd-oracle`` for oracle runs;
-    ``-ppo`` when the agent takes PPO's clipped update (``a2c={"clip_ratio": ...}``, ``agd train --agent ppo``)."""
-    agent = "-ppo" if config.a2c.get("clip_ratio") is not None else ""
+    ``-ppo`` when the agent takes PPO's clipped update (``agd train --agent ppo|zoo``, Hopper's default)."""
+    agent = "-ppo" if config.a2c_config().clip_ratio is not None else ""
     if config.world_model == "oracle":
         return "agd-oracle" + agent
     alpha = config.alpha
@@ -510,7 +523,7 @@ def agent_from_run(run_dir: str | Path) -> tuple[TrainerConfig, A2CAgent]:
     """A run's config and its agent with the weights of the run's last checkpoint (CPU)."""
     config = config_from_run(run_dir)
     task = get_task(config.task)
-    agent = A2CAgent(task.obs_dim, task.act_dim, A2CConfig(**config.a2c), action_low=task.action_low, action_high=task.action_high)
+    agent = A2CAgent(task.obs_dim, task.act_dim, config.a2c_config(), action_low=task.action_low, action_high=task.action_high)
     path = Path(run_dir) / "checkpoint" / "agent.pt"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing; the run has no checkpoint yet")

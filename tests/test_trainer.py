@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from conftest import TINY_MODEL
 from agd_envs.cli import main as agd_main
 from agents.checkpoint import RunError
 from agents.run_log import PHASES
+from agd_envs.tasks import get_task
+from agents.a2c import A2C_PRESETS
 from agents.trainer import AGDTrainer, TrainerConfig, run_label
 
 
@@ -103,11 +106,11 @@ def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_run_label_names_a_non_default_guide_scale() -> None:
     """Runs with another alpha must not be averaged with the default ones by agd plot/table."""
-    assert run_label(TrainerConfig.for_task("Hopper", guide="eag")) == "agd-eag"
-    assert run_label(TrainerConfig.for_task("Hopper", guide="eag", alpha=1.0)) == "agd-eag"  # Hopper's default
-    assert run_label(TrainerConfig.for_task("Hopper", guide="sag", alpha=0.1)) == "agd-sag-alpha0.1"
+    assert run_label(TrainerConfig.for_task("Walker2d", guide="eag")) == "agd-eag"
+    assert run_label(TrainerConfig.for_task("Walker2d", guide="eag", alpha=1.0)) == "agd-eag"  # Walker2d's default
+    assert run_label(TrainerConfig.for_task("Walker2d", guide="sag", alpha=0.1)) == "agd-sag-alpha0.1"
     assert run_label(TrainerConfig.for_task("Reacher", guide="eag", alpha=0.1)) == "agd-eag"  # Reacher's default
-    assert run_label(TrainerConfig.for_task("Hopper", guide="none", alpha=0.1)) == "agd-none"  # never guided
+    assert run_label(TrainerConfig.for_task("Walker2d", guide="none", alpha=0.1)) == "agd-none"  # never guided
 
 
 def test_real_steps_count_the_prefill_and_the_warm_start(tmp_path: Path) -> None:
@@ -121,11 +124,29 @@ def test_real_steps_count_the_prefill_and_the_warm_start(tmp_path: Path) -> None
 
 
 def test_agent_flag_selects_the_ppo_update_and_labels_the_run() -> None:
-    from agents.a2c import A2C_PRESETS
+    config = TrainerConfig.for_task("Walker2d", world_model="oracle", guide="none", agent="ppo")
+    assert run_label(config) == "agd-oracle-ppo" and config.a2c_config().epochs == 4
+    assert run_label(TrainerConfig.for_task("Walker2d")) == "agd-eag"
+    with pytest.raises(ValueError, match=r"agent must be one of \['paper', 'ppo', 'zoo'\] \(agents/a2c.py A2C_PRESETS\), got 'sb3'"):
+        TrainerConfig.for_task("Hopper", agent="sb3")
 
-    config = TrainerConfig.for_task("Hopper", world_model="oracle", guide="none", a2c=A2C_PRESETS["ppo"])
-    assert run_label(config) == "agd-oracle-ppo"
-    assert run_label(TrainerConfig.for_task("Hopper")) == "agd-eag"
+
+def test_hoppers_defaults_are_the_learner_that_beat_ppo_and_the_papers_a2c_stays_one_flag_away() -> None:
+    from agd_envs.cli import _flag_overrides, build_parser
+    from agents.a2c import A2CConfig
+
+    hopper = TrainerConfig.for_task("Hopper")
+    assert hopper.a2c_config() == A2CConfig.named("zoo") and run_label(hopper) == "agd-eag-ppo"
+    assert (hopper.start_window, hopper.critic_real_steps, hopper.lr_final_fraction) == (5000, 5000, 0.0)
+    assert get_task("Hopper").guide_scale == 0.1
+    argv = ["train", "--task", "Hopper", "--out", "x", "--agent", "paper"]
+    paper = TrainerConfig.for_task("Hopper", **_flag_overrides(build_parser().parse_args(argv)))
+    assert paper.a2c_config() == A2CConfig() and run_label(paper) == "agd-eag"
+    assert TrainerConfig.for_task("HalfCheetah").a2c_config() == A2CConfig()  # other tasks keep the paper's A2C
+    # Run directories written before the ``agent`` field held the scheme's fields in ``a2c``: they load unchanged.
+    saved = dataclasses.asdict(TrainerConfig.for_task("Hopper", agent="paper", a2c=A2C_PRESETS["zoo"]))
+    del saved["agent"]
+    assert TrainerConfig(**saved).a2c_config() == A2CConfig.named("zoo")
 
 
 @pytest.mark.parametrize("imagination", ["joint", "closed-loop"])
@@ -187,8 +208,10 @@ def test_agent_set_overrides_the_agent_scheme_and_names_unknown_fields(tmp_path:
     from agd_envs.cli import _flag_overrides, build_parser
 
     argv = ["train", "--task", "Hopper", "--out", "x", "--agent", "ppo", "--agent-set", "gamma=0.999", "target_ema=null", "epochs=5"]
-    assert _flag_overrides(build_parser().parse_args(argv))["a2c"] == {
-        "epochs": 5, "minibatches": 4, "clip_ratio": 0.2, "gamma": 0.999, "target_ema": None}  # fmt: skip
+    overrides = _flag_overrides(build_parser().parse_args(argv))
+    assert overrides["agent"] == "ppo" and overrides["a2c"] == {"gamma": 0.999, "target_ema": None, "epochs": 5}
+    config = TrainerConfig.for_task("Hopper", **overrides).a2c_config()
+    assert (config.epochs, config.minibatches, config.clip_ratio, config.gamma, config.target_ema) == (5, 4, 0.2, 0.999, None)
     with pytest.raises(SystemExit):
         agd_main(["train", "--task", "Hopper", "--out", str(tmp_path / "h"), "--agent-set", "gama=0.999"])
     err = capsys.readouterr().err
