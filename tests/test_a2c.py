@@ -471,3 +471,29 @@ def test_lr_scale_scales_every_learning_rate_and_zero_freezes_the_networks() -> 
     assert [g["lr"] for g in agent.actor_optim.param_groups] == pytest.approx([1e-3, 4e-3])
     with pytest.raises(ValueError, match=r"lr scale must be in \[0, 1\]"):
         agent.set_lr_scale(1.5)
+
+
+def test_one_backward_pass_gives_actor_and_critic_exactly_their_own_gradients() -> None:
+    # The minibatch step backpropagates actor loss + critic loss at once; with no shared parameter each network's
+    # gradient must equal the gradient of its own loss alone (lr 0 and no clipping leave weights and gradients as computed).
+    config = A2CConfig(hidden_sizes=(16,), clip_ratio=0.2, entropy_weight=0.01, max_grad_norm_actor=1e9, max_grad_norm_critic=1e9)
+    agent = A2CAgent(4, 2, config)
+    agent.update(random_segments(8, 5, 4, 2, seed=0))  # PopArt statistics and observation moments set
+    agent.set_lr_scale(0.0)
+    g = torch.Generator().manual_seed(1)
+    obs, actions = torch.randn(32, 4, generator=g), torch.randn(32, 2, generator=g)
+    adv, returns = torch.randn(32, generator=g), torch.randn(32, generator=g) * 5
+    with torch.no_grad():
+        old_log_prob = agent.actor(obs).log_prob(actions) + 0.05 * torch.randn(32, generator=g)
+    agent._minibatch_step(obs, actions, adv, old_log_prob, returns)
+    critic_loss, _ = agent._critic_loss(obs, returns)
+    critic_params = list(agent.critic.parameters())
+    for got, want in zip(critic_params, torch.autograd.grad(critic_loss, critic_params)):
+        torch.testing.assert_close(got.grad, want)
+    dist = agent.actor(obs)
+    ratio = torch.exp(dist.log_prob(actions) - old_log_prob)
+    surrogate = torch.minimum(ratio * adv, ratio.clamp(0.8, 1.2) * adv)
+    actor_loss = -surrogate.mean() - 0.01 * dist.entropy().mean()
+    actor_params = list(agent.actor.parameters())
+    for got, want in zip(actor_params, torch.autograd.grad(actor_loss, actor_params)):
+        torch.testing.assert_close(got.grad, want)
