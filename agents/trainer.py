@@ -132,7 +132,7 @@ class TrainerConfig:
     ``steps``) stretches it."""
     imagination_dtype: str = "float32"
     """``float32``, or ``bfloat16``: joint imagination runs under ``torch.autocast`` (matmuls in bf16, the segments returned
-    in float32). On a CPU with AVX512-BF16, Hopper EAG imagines 1.6x the transitions/s at 0.015 z step-H deviation from
+    in float32). On one thread of a CPU with AVX512-BF16, Hopper EAG imagines 1.6x the transitions/s (~1.2x in a 2-thread run) at 0.015 z step-H deviation from
     float32 (benchmarks/imagination_cost.py --dtypes); on CPUs without native bf16 it is slower. Model and agent updates
     stay float32 (a bf16 world-model loss came out 10x higher)."""
     world_model: str = "diffusion"
