@@ -146,7 +146,7 @@ def _resumed_config(config: "TrainerConfig", args: argparse.Namespace) -> "Train
     for key, value in given.items():
         saved = getattr(config, key)
         if key in _DICT_FLAGS:
-            shown = " ".join(args.agent_set or [] if key == "a2c" else args.model_set or [])
+            shown = " ".join((args.agent_set if key == "a2c" else args.model_set) or [])
             differs, flag = any(saved.get(k) != v for k, v in value.items()), _DICT_FLAGS[key]
         elif key in set_fields:
             differs, flag, shown = saved != value, "--set", f"{key}={value}"

@@ -25,10 +25,10 @@ import importlib.util
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import torch
@@ -39,7 +39,6 @@ from agents.a2c import A2CAgent, A2CConfig
 from agents.returns import alive_mask
 from torch import Tensor
 from agents.trainer import recent_transitions
-from types import ModuleType
 
 try:
     from benchmarks._common import write_result
@@ -96,12 +95,10 @@ def critic_real_loop(agent: A2CAgent, real: dict[str, np.ndarray]) -> None:
 def module_at_revision(rev: str, path: str = "agents/a2c.py") -> ModuleType:
     """The module in ``path`` as it was at git revision ``rev``, imported under a name of its own."""
     source = subprocess.run(["git", "show", f"{rev}:{path}"], check=True, capture_output=True, text=True).stdout
-    file = Path(tempfile.mkdtemp()) / f"a2c_at_{rev}.py"
-    file.write_text(source)
-    spec = importlib.util.spec_from_file_location(file.stem, file)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[file.stem] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
+    name = f"{Path(path).stem}_at_{rev}"
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, loader=None))
+    sys.modules[name] = module  # dataclasses look their module up while the class is built
+    exec(compile(source, f"{rev}:{path}", "exec"), module.__dict__)
     return module
 
 
@@ -117,10 +114,9 @@ def main() -> None:
     args = parser.parse_args()
     generator = torch.Generator().manual_seed(args.seed)
     data = EpisodeDataset.open(default_dataset_path("Hopper"))
-    batches = {s: data.sample_segments(s.segments, HORIZON, generator=generator) for s in args.schemes}
+    batches = {str(s): data.sample_segments(s.segments, HORIZON, generator=generator) for s in args.schemes}
     agents = {str(s): A2CAgent(11, 3, A2CConfig.named("zoo", epochs=s.epochs, minibatches=s.minibatches)) for s in args.schemes}
     first = args.schemes[0]
-    batches = {str(s): b for s, b in batches.items()}
     if args.reference_rev:
         old = module_at_revision(args.reference_rev)
         key = f"{first}@{args.reference_rev}"
@@ -133,7 +129,7 @@ def main() -> None:
             start = time.perf_counter()
             agent.update(batches[scheme])
             if round_:
-                seconds[str(scheme)].append(time.perf_counter() - start)
+                seconds[scheme].append(time.perf_counter() - start)
         agent = agents[str(first)]
         for name, step in (("critic_real", lambda: agent.update_critic_from_transitions(**real)), ("critic_real_loop", lambda: critic_real_loop(agent, real))):
             start = time.perf_counter()
