@@ -14,6 +14,8 @@ s_0. Reported, per step t and over the H-step segment:
 - advantages: correlation of A_t from the imagined segment with A_t from the real one (the run's critic
   on both), and how often their signs agree;
 - GAE(λ) advantages as the agent's update computes them (from its target critic): their correlation;
+- the critic's value of each s_t, dream minus real, on segments that end in neither (where a guide's tilt
+  lands: EAG's state gradient is gamma grad V(s_H) + (gamma - 1) sum_{0<t<H} grad V(s_t), agd_envs/guides.py);
 - the policy gradient: cosine between the actor's A2C gradient (GAE advantages) on the imagined batch
   and on the real replay of it (1: the dream points the update where reality does; 0: no information).
 
@@ -23,6 +25,7 @@ Run (repo root):
     python3 benchmarks/oracle_gap.py RUN --fit-updates 8000 --set delta_states=true anchor_states=false   # a variant
     python3 benchmarks/oracle_gap.py RUN --mlp-updates 7000   # beside it, a one-step MLP fit on the run's data
     python3 benchmarks/oracle_gap.py RUN --alphas 0 0.1 0.3 1 --name oracle_gap_alpha   # the run's dream under each EAG scale
+    python3 benchmarks/oracle_gap.py RUN --alphas 0 0.1 --guides eag sag reward   # ... and under each guide
     python3 benchmarks/oracle_gap.py RUN --alphas 0.1 --min-guide-noise 0.01 0.1 0.5   # guide at fewer denoising steps
     python3 benchmarks/oracle_gap.py RUN --alphas 0.1 --max-shift 3 0.3 0.1   # the guide's shift clipped tighter
 """
@@ -42,7 +45,7 @@ from agd_envs.batch import SegmentBatch
 from agd_envs.cli import parse_field_value
 from agd_envs.datasets import EpisodeDataset
 from agd_envs.dynamics_prior import DynamicsPrior
-from agd_envs.guides import advantages
+from agd_envs.guides import advantages, call_critic
 from agd_envs.normalization import Normalizer
 from agd_envs.oracle import OracleWorldModel
 from agd_envs.sampling import DEFAULT_MAX_SHIFT, DEFAULT_MIN_GUIDE_NOISE, imagine
@@ -104,6 +107,9 @@ def gap(agent: A2CAgent, guess: SegmentBatch, real: SegmentBatch, scale: Tensor)
         gaes = [gae_advantages(agent, x.states, x.rewards, x.terminations) for x in (guess, real)]
     grads = [policy_gradient(agent, x.states, actions, g, valid) for x, g in zip((guess, real), gaes)]
     returns = [torch.where(valid, x.rewards, 0.0).sum(1) for x in (guess, real)]
+    whole = ~(guess.terminations[:, -1] | real.terminations[:, -1])
+    with torch.no_grad():
+        values = [call_critic(agent.critic, x.states)[whole] for x in (guess, real)]
     return {
         "state_rmse_z_per_step": [round(float(v), 4) for v in state_rmse.mean(0)[1:]],
         "reward_mae_per_step": [round(float(v), 4) for v in (guess.rewards - real.rewards).abs().mean(0)],
@@ -116,6 +122,8 @@ def gap(agent: A2CAgent, guess: SegmentBatch, real: SegmentBatch, scale: Tensor)
         "advantage_sign_agreement": float(((adv[0] > 0) == (adv[1] > 0))[valid].double().mean()),
         "gae_advantage_corr": corr(gaes[0][valid], gaes[1][valid]),
         "policy_gradient_cosine": float(torch.nn.functional.cosine_similarity(*grads, dim=0)),
+        "value_bias_per_step": [round(float(v), 3) for v in (values[0] - values[1]).mean(0)],
+        "value_real_per_step": [round(float(v), 3) for v in values[1].mean(0)],
     }
 
 
@@ -155,14 +163,14 @@ def mlp_segments(prior: DynamicsPrior, norm: Normalizer, task: Task, s0: Tensor,
 
 def measure(run: Path, starts: int, seed: int, model: WorldModel | None = None, mlp_updates: int = 0,
             alpha: float | None = None, min_guide_noise: float = DEFAULT_MIN_GUIDE_NOISE,
-            max_shift: float = DEFAULT_MAX_SHIFT) -> dict[str, object]:
+            max_shift: float = DEFAULT_MAX_SHIFT, guide: str = "eag") -> dict[str, object]:
     """The gap between the run's dream (or ``model``'s) and the real simulator (see the module docstring);
     with ``mlp_updates``, also a one-step MLP's (``fit_one_step_mlp``) under the same actions, as ``"one_step_mlp"``;
-    with ``alpha``, the dream is guided by EAG at that scale (0: unguided) instead of the run's guide; the guide acts
+    with ``alpha``, the dream is guided by ``guide`` at that scale (0: unguided) instead of the run's guide; the guide acts
     only at denoising steps with 1 - alpha_bar_t >= ``min_guide_noise``, its shift clipped to +-``max_shift`` z."""
     config, agent = agent_from_run(run)
     if alpha is not None:
-        config.guide, config.alpha = ("eag", alpha) if alpha > 0 else ("none", None)
+        config.guide, config.alpha = (guide, alpha) if alpha > 0 else ("none", None)
     model = model if model is not None else WorldModel.load(run / "checkpoint" / "model")
     data = EpisodeDataset.open(run / "data", task=config.task)
     gen = torch.Generator().manual_seed(seed)
@@ -215,7 +223,9 @@ def main() -> None:
     parser.add_argument("--mlp-updates", type=int, default=0,
                         help="also measure a one-step MLP (agd_envs/dynamics_prior.py alone) fit for this many updates on the run's data")
     parser.add_argument("--alphas", type=float, nargs="*", default=[],
-                        help="measure the run's dream guided by EAG at each of these scales (0: unguided) instead of the run's guide")
+                        help="measure the run's dream guided by --guides at each of these scales (0: unguided) instead of the run's guide")
+    parser.add_argument("--guides", nargs="*", default=["eag"], choices=["eag", "sag", "reward"],
+                        help="with --alphas: the guides to measure at each scale")
     parser.add_argument("--min-guide-noise", type=float, nargs="*", default=[DEFAULT_MIN_GUIDE_NOISE],
                         help="guide only at denoising steps with 1 - alpha_bar_t >= this; several values: one row each")
     parser.add_argument("--max-shift", type=float, nargs="*", default=[DEFAULT_MAX_SHIFT],
@@ -229,8 +239,9 @@ def main() -> None:
         rows = [row for run in args.runs for row in refits(run, args.fit_updates, overrides, args.starts, args.seed)]
     else:
         alphas = args.alphas or [None]
-        rows = [measure(run, args.starts, args.seed, mlp_updates=args.mlp_updates, alpha=a, min_guide_noise=m, max_shift=c)
-                for run in args.runs for a in alphas for m in args.min_guide_noise for c in args.max_shift]
+        rows = [measure(run, args.starts, args.seed, mlp_updates=args.mlp_updates, alpha=a, min_guide_noise=m, max_shift=c, guide=g)
+                for run in args.runs for a in alphas for g in (args.guides if a else ["none"])
+                for m in args.min_guide_noise for c in args.max_shift]
     write_result(args.name, {"starts": args.starts, "runs": rows})
 
 
