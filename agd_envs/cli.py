@@ -186,7 +186,7 @@ def _plot(args: argparse.Namespace) -> None:
 def _table(args: argparse.Namespace) -> None:
     from agents.plotting import read_runs, table
 
-    print(table(read_runs(args.runs)))
+    print(table(read_runs(args.runs), last=args.last))
 
 
 def _baseline(args: argparse.Namespace) -> None:
@@ -304,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     table = sub.add_parser("table", help="final returns as a Markdown table (paper Table I layout)")
     table.add_argument("runs", nargs="+")
+    table.add_argument("--last", type=int, default=1, metavar="K",
+                       help="score each run by the mean of its last K evaluations (default 1: the final one)")
     table.set_defaults(func=_table)
 
     baseline = sub.add_parser("baseline", help="model-free baseline (SB3 PPO / sb3-contrib TRPO, RL Zoo hyperparameters)")

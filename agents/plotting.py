@@ -87,8 +87,10 @@ def plot(curves: list[Curve], out: str | Path) -> Path:
     return out
 
 
-def table(curves: list[Curve]) -> str:
-    """Markdown table (tasks x algorithms) of the final evaluation return: mean ± standard error over seeds."""
+def table(curves: list[Curve], last: int = 1) -> str:
+    """Markdown table (tasks x algorithms): each run's mean of its last ``last`` evaluations, mean ± s.e. over seeds."""
+    if last < 1:
+        raise ValueError(f"last={last}: the number of final evaluations to average must be at least 1 (1: the final one)")
     groups = _group(curves)
     algos = sorted({c.algo for c in curves})
     lines = ["| task | " + " | ".join(algos) + " |", "|---" * (len(algos) + 1) + "|"]
@@ -99,9 +101,11 @@ def table(curves: list[Curve]) -> str:
             if not runs:
                 cells.append("–")
                 continue
-            finals = np.array([c.returns[-1] for c in runs])
-            steps = int(min(c.steps[-1] for c in runs))
+            finals = np.array([c.returns[-last:].mean() for c in runs])
+            steps = min(c.steps[-1] for c in runs)
+            first = min(c.steps[-last:][0] for c in runs)
             spread = f" ± {finals.std(ddof=1) / np.sqrt(len(finals)):.1f}" if len(finals) > 1 else ""  # no SE of one seed
-            cells.append(f"{finals.mean():.1f}{spread} (n={len(runs)}, {steps // 1000}k)")
+            window = f"{first / 1000:.0f}-{steps / 1000:.0f}k" if last > 1 else f"{steps / 1000:.0f}k"
+            cells.append(f"{finals.mean():.1f}{spread} (n={len(runs)}, {window})")
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

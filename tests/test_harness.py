@@ -27,6 +27,17 @@ def test_mean_and_standard_error_over_seeds() -> None:
     np.testing.assert_allclose(stderr, [1.0 / np.sqrt(3)] * 2)  # std of (0, 1, 2) is 1
 
 
+def test_table_scores_each_run_by_its_last_evaluations() -> None:
+    steps = np.array([80_000.0, 90_000.0, 100_000.0])
+    curves = [Curve("agd-none", "Hopper", s, steps, np.array([1000.0, 3000.0, 200.0 * (s + 1)])) for s in range(3)]
+    # final evaluations 200 / 400 / 600: mean 400, s.e. 200 / sqrt(3); last two: 1600 / 1700 / 1800
+    assert "| Hopper | 400.0 ± 115.5 (n=3, 100k) |" in table(curves)
+    assert "| Hopper | 1700.0 ± 57.7 (n=3, 90-100k) |" in table(curves, last=2)
+    assert "| Hopper | 1466.7 ± 38.5 (n=3, 80-100k) |" in table(curves, last=5)  # fewer evaluations than K: all of them
+    with pytest.raises(ValueError, match="last=0: the number of final evaluations to average must be at least 1"):
+        table(curves, last=0)
+
+
 def test_baseline_logs_the_agd_columns_and_plots_with_agd_runs(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
