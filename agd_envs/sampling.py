@@ -175,8 +175,10 @@ class _Actions:
         self.mask = known.action_known
         self.active = actor is not None and not bool(known.action_known.all())
         self.xi: Tensor | None = None
+        self.moments: tuple[Tensor, Tensor | None] | None = None  # (mean, std) of the last draw
         if self.active and mode == "reparam":
             self.xi = torch.randn(self.real.shape, generator=generator, device=self.real.device, dtype=self.real.dtype)
+            self.xi_drawn = self.xi  # the untilted noise; an action guide tilts it (``tilt``)
             # First call: only actions at known states can be drawn; the rest stay masked.
             drawn = self._draw(known.states[:, :-1])
             have_state = known.state_rows[:, :-1]
@@ -191,17 +193,28 @@ class _Actions:
     @property
     def normalized(self) -> Tensor:
         """``B x H x A`` normalized actions, 0 where masked; clipped to the bounds first (what the env executes)."""
-        z = self.norm.normalize_actions(self.real.clamp(*self.bounds))
-        return torch.where(self.mask[..., None], z, torch.zeros_like(z))
+        return self.normalize(self.real)
 
-    def control(self, control: ControlFn) -> Tensor:
-        """``B x H`` control term of the current actions, 0 where no action exists (masked)."""
-        values = control(torch.where(self.mask[..., None], self.real, torch.zeros_like(self.real)))
+    def control(self, control: ControlFn, real: Tensor | None = None) -> Tensor:
+        """``B x H`` control term of the current actions (or of ``real``), 0 where no action exists (masked)."""
+        real = self.real if real is None else real
+        values = control(torch.where(self.mask[..., None], real, torch.zeros_like(real)))
         return torch.where(self.mask, values, torch.zeros_like(values))
 
     def _draw(self, states: Tensor) -> Tensor:
-        mean, std = policy_moments(self.actor, states)  # type: ignore[arg-type]
+        mean, std = self.moments = policy_moments(self.actor, states)  # type: ignore[arg-type]
         return mean if std is None else mean + std * self.xi
+
+    def with_noise(self, xi: Tensor) -> Tensor:
+        """Real actions ``B x H x A`` of the last draw's policy moments with noise ``xi`` (differentiable in ``xi``);
+        the caller's actions where known."""
+        mean, std = self.moments  # type: ignore[misc]
+        return torch.where(self.known.action_known[..., None], self.known.actions, mean + std * xi)  # type: ignore[operator]
+
+    def normalize(self, real: Tensor) -> Tensor:
+        """``B x H x A`` normalized real actions, clipped to the bounds first, 0 where masked."""
+        z = self.norm.normalize_actions(real.clamp(*self.bounds))
+        return torch.where(self.mask[..., None], z, torch.zeros_like(z))
 
     def step(self, states: Tensor, t: int) -> Tensor:
         """Real action a_t ``B x A`` at real states ``B x S``: the caller's where known, else the draw with this segment's xi_t."""
@@ -237,6 +250,34 @@ def _reward_fn(model: Denoiser, acts: _Actions) -> RewardFn | None:
     if getattr(model, "reward_head", None) is None:
         return None
     return lambda states: model.head_rewards(states, acts.real)  # type: ignore[attr-defined]
+
+
+def _tilt_actions(
+    model: Denoiser, known: Known, acts: _Actions, x: Tensor, t_batch: Tensor, guide: Guide, alpha: float,
+    max_shift: float | None, critic: Critic | None, gamma: float, control: ControlFn | None,
+) -> Tensor:
+    """The x0 estimate at the current actions; moves the policy noise to xi = xi_drawn + alpha grad_xi log f(x0).
+
+    The tilt of the policy's own sample: xi ~ N(0, I) tilted by exp(alpha g . xi) is N(alpha g, I), so for log f
+    linear in the actions the actions are drawn from pi(a | s) exp(alpha log f) (the guide's advantage-weighted
+    policy). log f sees each reward as the model's function of the actions (and the known control term of the
+    clipped actions), the states as the model's x0 estimate given them; nothing in the segment is shifted."""
+    norm, layout = model.normalizer, model.layout
+    with torch.enable_grad():
+        xi = acts.xi.detach().requires_grad_(True)  # type: ignore[union-attr]
+        real = acts.with_noise(xi)
+        x0 = known.inpaint(model.denoise(x, t_batch, acts.normalize(real), acts.mask, known.x, known.mask))
+        states, rewards = known.decode(x0, norm, layout)
+        if getattr(model, "reward_head", None) is not None:
+            rewards = model.head_rewards(states, real)  # type: ignore[attr-defined]
+        if control is not None:
+            rewards = rewards + acts.control(control, real)
+        done = model.task.terminated(states[:, 1:].detach())
+        log_f = guide(states, rewards, critic=critic, terminations=done, gamma=gamma)
+        grad = torch.autograd.grad(log_f.sum(), xi, allow_unused=True)[0] if log_f.requires_grad else None
+    grad = torch.zeros_like(xi) if grad is None else finite_or_zero(grad)
+    acts.xi = acts.xi_drawn + _bounded(alpha * grad.detach(), max_shift)
+    return x0.detach()
 
 
 def _bounded(shift: Tensor, max_shift: float | None) -> Tensor:
@@ -275,6 +316,7 @@ def sample(
     action_guidance: Literal["reparam", "grad"] = "reparam",
     action_guidance_scale: float = 0.005,
     min_guide_noise: float = DEFAULT_MIN_GUIDE_NOISE,
+    guide_on: Literal["states", "actions"] = "states",
 ) -> SegmentBatch:
     """Sample segments given ``cond`` by guided reverse diffusion (see the module docstring).
 
@@ -295,6 +337,9 @@ def sample(
     :param action_guidance_scale: step size of the ``grad`` variant (PolyGRAD's initial 0.005).
     :param min_guide_noise: the guide is evaluated only at visited steps with 1 - alpha_bar_t >= this (see
         DEFAULT_MIN_GUIDE_NOISE); 0 guides at every step.
+    :param guide_on: ``states`` (the paper's: shift the state entries of the x0 estimate) or ``actions``
+        (tilt the policy's sampling noise, ``_tilt_actions``: the states stay the model's, given better
+        actions); ``actions`` needs a stochastic ``actor`` and ``action_guidance="reparam"``.
     """
     guide = get_guide(guide)
     guide.check_critic(critic)
@@ -302,6 +347,8 @@ def sample(
         raise ValueError(f"guide_mode must be 'x0' or 'dps', got {guide_mode!r}")
     if action_guidance not in ("reparam", "grad"):
         raise ValueError(f"action_guidance must be 'reparam' or 'grad', got {action_guidance!r}")
+    if guide_on not in ("states", "actions"):
+        raise ValueError(f"guide_on must be 'states' or 'actions', got {guide_on!r}")
     layout, norm, schedule = model.layout, model.normalizer, model.schedule
     device, dtype = norm.obs_mean.device, norm.obs_mean.dtype
     control = _control_fn(model)
@@ -318,6 +365,12 @@ def sample(
     if reward_fn is not None:
         guide = guide.for_reward_model()
     guided = guide.moves is not None and alpha != 0.0
+    if guided and guide_on == "actions" and not (acts.active and action_guidance == "reparam" and acts.moments[1] is not None):  # type: ignore[index]
+        raise ValueError(
+            "guide_on='actions' tilts the policy's sampling noise: it needs an actor that returns a distribution "
+            "(not a tensor), action_guidance='reparam' and at least one action not given in the conditioning; "
+            "use guide_on='states' otherwise"
+        )
     guide_kwargs: dict[str, Any] = dict(layout=layout, normalizer=norm, task=model.task, critic=critic, gamma=gamma, reward_fn=reward_fn)
     x0 = x
     for i, t in enumerate(times):
@@ -327,7 +380,9 @@ def sample(
         guide_now = guided and float(1.0 - alpha_bar.flatten()[0]) >= min_guide_noise
         if guide_now and control is not None:
             guide_kwargs["reward_offset"] = acts.control(control)
-        if guide_now and guide_mode == "dps":
+        if guide_now and guide_on == "actions":
+            x0, shift = _tilt_actions(model, known, acts, x, t_batch, guide, alpha, max_shift, critic, gamma, control), None
+        elif guide_now and guide_mode == "dps":
             with torch.enable_grad():
                 x_in = x.detach().requires_grad_(True)
                 x0 = known.inpaint(model.denoise(x_in, t_batch, acts.normalized, acts.mask, known.x, known.mask))
@@ -395,6 +450,7 @@ def imagine(
     guide_mode: Literal["x0", "dps"] = "x0",
     max_shift: float | None = DEFAULT_MAX_SHIFT,
     min_guide_noise: float = DEFAULT_MIN_GUIDE_NOISE,
+    guide_on: Literal["states", "actions"] = "states",
 ) -> SegmentBatch:
     """Paper Algorithm 2: H-step segments jointly from real start states ``s0`` ``B x S``, actions from ``actor``.
 
@@ -410,5 +466,5 @@ def imagine(
     return sample(
         model, cond, steps=steps, eta=eta, actor=actor, guide=guide, critic=critic,
         alpha=model.task.guide_scale if alpha is None else alpha, gamma=gamma, generator=generator,
-        guide_mode=guide_mode, max_shift=max_shift, min_guide_noise=min_guide_noise,
+        guide_mode=guide_mode, max_shift=max_shift, min_guide_noise=min_guide_noise, guide_on=guide_on,
     )  # fmt: skip

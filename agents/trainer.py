@@ -54,6 +54,7 @@ from agents.run_log import PHASES, RunLog
 
 IMAGINATION_MODES = ("joint", "closed-loop")
 WORLD_MODELS = ("diffusion", "oracle")
+GUIDE_TARGETS = ("states", "actions")
 IMAGINATION_DTYPES = ("float32", "bfloat16")
 
 
@@ -75,6 +76,9 @@ class TrainerConfig:
     """``joint`` (paper Algorithm 2) or ``closed-loop`` (the agent steps the DreamVectorEnv)."""
     alpha: float | None = None
     """Guide scale (None: the task's default, ``Task.guide_scale``)."""
+    guide_on: str = "states"
+    """What the guide moves in joint imagination: ``states`` (the paper's) or ``actions`` (the policy's sampling noise
+    is tilted by the guide, the states stay the model's: ``agd_envs.sampling._tilt_actions``)."""
     warm_start: str | None = "shipped"
     """Dataset to start from: ``shipped`` (the task's dataset in ``datasets/``), a path, or None
     (then ``prefill_steps`` uniform-random real steps, as the reference's prefill)."""
@@ -144,6 +148,8 @@ class TrainerConfig:
         get_guide(self.guide)  # raises with the valid names
         if self.imagination not in IMAGINATION_MODES:
             raise ValueError(f"imagination must be one of {IMAGINATION_MODES}, got {self.imagination!r}")
+        if self.guide_on not in GUIDE_TARGETS:
+            raise ValueError(f"guide_on must be one of {GUIDE_TARGETS}, got {self.guide_on!r}")
         if self.world_model not in WORLD_MODELS:
             raise ValueError(f"world_model must be one of {WORLD_MODELS}, got {self.world_model!r}")
         if self.world_model == "oracle":
@@ -358,7 +364,7 @@ class AGDTrainer:
         if cfg.imagination == "joint":
             with self._phase("imagine"), self._imagination_autocast():
                 segments = imagine(self.model, s0, self.agent.actor, self.agent.critic, guide=cfg.guide, alpha=cfg.alpha,
-                                  gamma=self.agent.config.gamma, generator=self._device_generator())  # fmt: skip
+                                  gamma=self.agent.config.gamma, generator=self._device_generator(), guide_on=cfg.guide_on)  # fmt: skip
             with self._phase("agent"):
                 stats = self.agent.update(segments)
         else:

@@ -163,11 +163,12 @@ def mlp_segments(prior: DynamicsPrior, norm: Normalizer, task: Task, s0: Tensor,
 
 def measure(run: Path, starts: int, seed: int, model: WorldModel | None = None, mlp_updates: int = 0,
             alpha: float | None = None, min_guide_noise: float = DEFAULT_MIN_GUIDE_NOISE,
-            max_shift: float = DEFAULT_MAX_SHIFT, guide: str = "eag") -> dict[str, object]:
+            max_shift: float = DEFAULT_MAX_SHIFT, guide: str = "eag", guide_on: str = "states") -> dict[str, object]:
     """The gap between the run's dream (or ``model``'s) and the real simulator (see the module docstring);
     with ``mlp_updates``, also a one-step MLP's (``fit_one_step_mlp``) under the same actions, as ``"one_step_mlp"``;
     with ``alpha``, the dream is guided by ``guide`` at that scale (0: unguided) instead of the run's guide; the guide acts
-    only at denoising steps with 1 - alpha_bar_t >= ``min_guide_noise``, its shift clipped to +-``max_shift`` z."""
+    only at denoising steps with 1 - alpha_bar_t >= ``min_guide_noise``, its shift clipped to +-``max_shift`` z, and moves
+    ``guide_on`` (``states``, or ``actions``: the policy's sampling noise)."""
     config, agent = agent_from_run(run)
     if alpha is not None:
         config.guide, config.alpha = (guide, alpha) if alpha > 0 else ("none", None)
@@ -177,14 +178,14 @@ def measure(run: Path, starts: int, seed: int, model: WorldModel | None = None, 
     s0 = data.sample_segments(starts, model.config.horizon, generator=gen).states[:, 0]
     critic = agent.critic if config.guide in ("eag", "sag") else None
     dream: SegmentBatch = imagine(model, s0, agent.actor, critic, guide=config.guide, alpha=config.alpha, generator=gen,
-                                  min_guide_noise=min_guide_noise, max_shift=max_shift)
+                                  min_guide_noise=min_guide_noise, max_shift=max_shift, guide_on=guide_on)
     oracle = OracleWorldModel(config.task)
     states, rewards, done = replay(oracle, s0, dream.actions)
     real = SegmentBatch(states=states, actions=dream.actions, rewards=rewards, terminations=done)
     oracle.close()
     scale = torch.as_tensor(np.asarray(data.statistics().obs_std), dtype=torch.float32)
     row: dict[str, object] = {"run": str(run), "task": config.task, "guide": config.guide, "alpha": config.alpha,
-                              "min_guide_noise": min_guide_noise, "max_shift": max_shift, "dataset_steps": int(data.num_steps),
+                              "guide_on": guide_on, "min_guide_noise": min_guide_noise, "max_shift": max_shift, "dataset_steps": int(data.num_steps),
                               "world_model": {k: v for k, v in model.config.to_dict().items() if k in ("dynamics_prior", "delta_states", "anchor_states")}}  # fmt: skip
     row |= gap(agent, dream, real, scale)
     row["action_saturation"] = float((dream.actions.abs() >= 1.0).double().mean())
@@ -226,6 +227,8 @@ def main() -> None:
                         help="measure the run's dream guided by --guides at each of these scales (0: unguided) instead of the run's guide")
     parser.add_argument("--guides", nargs="*", default=["eag"], choices=["eag", "sag", "reward"],
                         help="with --alphas: the guides to measure at each scale")
+    parser.add_argument("--guide-on", nargs="*", default=["states"], choices=["states", "actions"],
+                        help="with --alphas: what the guide moves (actions: the policy's sampling noise); several values: one row each")
     parser.add_argument("--min-guide-noise", type=float, nargs="*", default=[DEFAULT_MIN_GUIDE_NOISE],
                         help="guide only at denoising steps with 1 - alpha_bar_t >= this; several values: one row each")
     parser.add_argument("--max-shift", type=float, nargs="*", default=[DEFAULT_MAX_SHIFT],
@@ -239,9 +242,10 @@ def main() -> None:
         rows = [row for run in args.runs for row in refits(run, args.fit_updates, overrides, args.starts, args.seed)]
     else:
         alphas = args.alphas or [None]
-        rows = [measure(run, args.starts, args.seed, mlp_updates=args.mlp_updates, alpha=a, min_guide_noise=m, max_shift=c, guide=g)
+        rows = [measure(run, args.starts, args.seed, mlp_updates=args.mlp_updates, alpha=a, min_guide_noise=m, max_shift=c,
+                        guide=g, guide_on=o)
                 for run in args.runs for a in alphas for g in (args.guides if a else ["none"])
-                for m in args.min_guide_noise for c in args.max_shift]
+                for o in (args.guide_on if a else ["states"]) for m in args.min_guide_noise for c in args.max_shift]
     write_result(args.name, {"starts": args.starts, "runs": rows})
 
 

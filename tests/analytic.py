@@ -163,3 +163,23 @@ class ToyDenoiser(nn.Module):
         u = t.to(x_t.dtype)[:, None] / self.schedule.num_steps
         h = torch.cat([x_in, known_mask.to(x_t.dtype), acts, action_mask.to(x_t.dtype), u], dim=-1)
         return torch.where(known_mask, known, 2.0 * torch.tanh(self.net(h)))
+
+
+class LinearDynamicsDenoiser:
+    """A perfect deterministic model: s_{t+1} = s_t + a_t @ ``effect`` (real units, a_t as the denoiser is given them:
+    clipped, normalized), reward 0; the x0 estimate ignores x_t. Float64, non-trivial normalizer."""
+
+    def __init__(self, layout: SegmentLayout, effect: Tensor, num_steps: int = 20, seed: int = 0) -> None:
+        self.layout, self.effect = layout, effect.double()
+        self.task = toy_task(layout.obs_dim, layout.act_dim)
+        self.schedule = cosine_schedule(num_steps)
+        self.normalizer = make_normalizer(layout, torch.Generator().manual_seed(seed))
+
+    def denoise(self, x_t, t, actions, action_mask, known, known_mask) -> Tensor:
+        from agd_envs.segments import decode_segment, encode_segment
+
+        s0 = decode_segment(self.layout, self.normalizer, known)[0][:, 0]
+        steps = self.normalizer.unnormalize_actions(actions) * action_mask[..., None]
+        states = torch.cat([s0[:, None], s0[:, None] + (steps @ self.effect).cumsum(dim=1)], dim=1)
+        x0 = encode_segment(self.layout, self.normalizer, states, states.new_zeros(states.shape[0], self.layout.horizon))
+        return torch.where(known_mask, known, x0)

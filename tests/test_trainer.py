@@ -93,6 +93,8 @@ def test_bad_config_values_name_the_fix() -> None:
         TrainerConfig.for_task("Hopper", eval_every=1500)
     with pytest.raises(ValueError, match=r"imagination_dtype must be one of \('float32', 'bfloat16'\), got 'float16'"):
         TrainerConfig.for_task("Hopper", imagination_dtype="float16")
+    with pytest.raises(ValueError, match=r"guide_on must be one of \('states', 'actions'\), got 'rewards'"):
+        TrainerConfig.for_task("Hopper", guide_on="rewards")
 
 
 def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
