@@ -45,6 +45,16 @@ t = 64, 0.22 at t = 120 and 2.3 at t = 126, so nearly all of its guidance happen
 noisiest steps (and a Sigma-scaled step vanishes in DDIM, where Sigma = 0). Ours is one constant alpha
 (alpha = 1: the Bayes tilt), a real-unit critic, and the same code for DDPM and DDIM.
 
+Guiding the actions instead (``guide_on="actions"``, not the paper's; docs/results.md measures both). On deterministic
+dynamics with s_0 inpainted, a shifted state is one the simulator would not reach under the segment's actions, and the
+policy then acts on states the real env does not produce. The action guide leaves the states to the model and tilts
+what the policy draws: with the reparameterised actions a_t = mean(s_t) + std(s_t) xi_t, xi ~ N(0, I), it sets
+xi = xi_drawn + alpha g / rms_b |g_b| at each guided step, g = grad_xi log f on the x0 estimate given those actions
+(one denoiser forward and backward). For log f linear in xi that is an exact draw from N(0, I) exp(log f / eta) with
+eta = rms |g| / alpha, so the segment's actions come from the advantage-weighted policy pi(a | s) exp(A / eta) and its
+states follow from them; alpha (default ``DEFAULT_ACTION_GUIDE_SCALE``) is the root-mean-square move of the draws in
+units of the policy's noise, free of the critic's scale.
+
 Stability. Gradients that are not finite are replaced by 0 (agd_envs.guides) and the shift
 alpha * Cov * g is clipped per entry to +-``max_shift`` z-score units (default 3.0: three standard
 deviations of z-scored data, the edge of where the denoiser has seen data, and the largest move one
@@ -105,6 +115,9 @@ Actor = Callable[[Tensor], "Distribution | Tensor"]
 ``.stddev``: Normal/Independent) or a ``B x A`` tensor of actions (deterministic)."""
 
 DEFAULT_MAX_SHIFT = 3.0
+DEFAULT_ACTION_GUIDE_SCALE = 1.0
+"""``imagine``'s alpha for ``guide_on="actions"``: the draws move by one unit of the policy's noise (root mean square over
+the batch, norm over a segment's H x A entries)."""
 DEFAULT_MIN_GUIDE_NOISE = 0.01
 """Guide only where 1 - alpha_bar_t >= this. The x0 guide's shift is (1 - alpha_bar_t) alpha g, so a step below
 it moves the estimate by < 1% of what a full-noise step does, for a critic gradient that costs as much: in the
@@ -256,12 +269,16 @@ def _tilt_actions(
     model: Denoiser, known: Known, acts: _Actions, x: Tensor, t_batch: Tensor, guide: Guide, alpha: float,
     max_shift: float | None, critic: Critic | None, gamma: float, control: ControlFn | None,
 ) -> Tensor:
-    """The x0 estimate at the current actions; moves the policy noise to xi = xi_drawn + alpha grad_xi log f(x0).
+    """The x0 estimate at the current actions; moves the policy noise to xi = xi_drawn + alpha g / rms_b |g_b|, g the
+    gradient of log f(x0) with respect to xi, rms over the batch's segments.
 
-    The tilt of the policy's own sample: xi ~ N(0, I) tilted by exp(alpha g . xi) is N(alpha g, I), so for log f
-    linear in the actions the actions are drawn from pi(a | s) exp(alpha log f) (the guide's advantage-weighted
-    policy). log f sees each reward as the model's function of the actions (and the known control term of the
-    clipped actions), the states as the model's x0 estimate given them; nothing in the segment is shifted."""
+    The tilt of the policy's own sample: xi ~ N(0, I) tilted by exp(g . xi / eta) is N(g / eta, I), so for log f
+    linear in the actions the actions are drawn from pi(a | s) exp(log f / eta), the guide's advantage-weighted
+    policy, at the temperature eta = rms |g| / alpha that moves the batch's draws by alpha in root mean square (in
+    units of the policy's own noise over a segment's H x A entries): alpha is free of the critic's scale, which
+    differs by orders of magnitude between tasks and during training. log f sees each reward as the model's function
+    of the actions (and the known control term of the clipped actions), the states as the model's x0 estimate given
+    them; nothing in the segment is shifted."""
     norm, layout = model.normalizer, model.layout
     with torch.enable_grad():
         xi = acts.xi.detach().requires_grad_(True)  # type: ignore[union-attr]
@@ -275,8 +292,9 @@ def _tilt_actions(
         done = model.task.terminated(states[:, 1:].detach())
         log_f = guide(states, rewards, critic=critic, terminations=done, gamma=gamma)
         grad = torch.autograd.grad(log_f.sum(), xi, allow_unused=True)[0] if log_f.requires_grad else None
-    grad = torch.zeros_like(xi) if grad is None else finite_or_zero(grad)
-    acts.xi = acts.xi_drawn + _bounded(alpha * grad.detach(), max_shift)
+    grad = torch.zeros_like(xi) if grad is None else finite_or_zero(grad.detach())
+    rms = grad.flatten(1).square().sum(1).mean().sqrt()
+    acts.xi = acts.xi_drawn + _bounded(alpha * grad / rms.clamp_min(1e-12), max_shift)
     return x0.detach()
 
 
@@ -435,6 +453,11 @@ class Simulator(Protocol):
         ...
 
 
+def _default_alpha(task: Task, guide_on: str) -> float:
+    """The guide scale when none is given: the task's for the state guide, ``DEFAULT_ACTION_GUIDE_SCALE`` for the action guide."""
+    return DEFAULT_ACTION_GUIDE_SCALE if guide_on == "actions" else task.guide_scale
+
+
 def imagine(
     model: Denoiser | Simulator,
     s0: Tensor,
@@ -454,7 +477,8 @@ def imagine(
 ) -> SegmentBatch:
     """Paper Algorithm 2: H-step segments jointly from real start states ``s0`` ``B x S``, actions from ``actor``.
 
-    :param alpha: guide scale (default ``model.task.guide_scale``). Other arguments as in ``sample``.
+    :param alpha: guide scale (default ``model.task.guide_scale``; ``DEFAULT_ACTION_GUIDE_SCALE`` with ``guide_on="actions"``).
+        Other arguments as in ``sample``.
     A ``Simulator`` (agd_envs.oracle.OracleWorldModel) rolls the segments out instead (guide ``none`` only).
     """
     if isinstance(model, Simulator):
@@ -465,6 +489,6 @@ def imagine(
     cond = Conditioning.from_start(s0, horizon=model.layout.horizon)
     return sample(
         model, cond, steps=steps, eta=eta, actor=actor, guide=guide, critic=critic,
-        alpha=model.task.guide_scale if alpha is None else alpha, gamma=gamma, generator=generator,
+        alpha=_default_alpha(model.task, guide_on) if alpha is None else alpha, gamma=gamma, generator=generator,
         guide_mode=guide_mode, max_shift=max_shift, min_guide_noise=min_guide_noise, guide_on=guide_on,
     )  # fmt: skip

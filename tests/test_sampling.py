@@ -180,35 +180,37 @@ class ConstantActor(nn.Module):
 @pytest.mark.parametrize("guide", ["eag", "sag"])
 def test_the_action_guide_draws_from_the_advantage_tilted_policy(guide: str) -> None:
     """With a linear model s' = s + a E, V(s) = w . s and a constant policy N(m, sd^2), EAG's log f = sum_t A_t is linear
-    in the actions: d/da_k = c_k E w with c_k = gamma (H - k) - (H - k - 1), so the tilted policy pi exp(alpha log f)
-    is N(m + alpha c_k sd^2 E w, sd^2); the sampler must return exactly the untilted draw moved by that, and states
-    that follow from the returned actions (nothing else is shifted). SAG weighs each A_t by sigmoid(-A_t) instead."""
+    in the actions: d/da_k = c_k E w with c_k = gamma (H - k) - (H - k - 1). In the policy's noise xi the gradient is
+    g = sd * d/da, and the tilted draw is xi + alpha g / rms|g| (the temperature that moves the batch by alpha in rms):
+    the sampler must return exactly the untilted actions moved by sd * that, and states that follow from the returned
+    actions (nothing else is shifted). SAG weighs each A_t by sigmoid(-A_t) instead."""
     effect = torch.tensor([[0.5, -1.0, 0.2], [0.3, 0.4, -0.6]], dtype=F64)  # A x S
     model, critic = LinearDynamicsDenoiser(LAYOUT, effect), LinearCritic(torch.tensor([1.0, 2.0, -0.5]))
     mean, std = torch.tensor([0.1, -0.2], dtype=F64), torch.tensor([0.05, 0.08], dtype=F64)
-    actor, gamma, alpha = ConstantActor(mean, std), 0.9, 20.0
+    actor, gamma, alpha = ConstantActor(mean, std), 0.9, 1.5
     cond = Conditioning.from_start(_s0(), horizon=LAYOUT.horizon)
     kwargs = dict(seed=3, steps=4, actor=actor, critic=critic, gamma=gamma, alpha=alpha, guide=guide)
     plain = _run(model, cond, **{**kwargs, "alpha": 0.0})
     tilted = _run(model, cond, guide_on="actions", **kwargs)
-    k = torch.arange(LAYOUT.horizon, dtype=F64)
-    c = gamma * (LAYOUT.horizon - k) - (LAYOUT.horizon - k - 1)  # 0.6, 0.7, 0.8, 0.9
-    grad = c[None, :, None] * (effect @ critic.w)[None, None, :]  # B x H x A, d log f / d a_k for EAG
-    if guide == "sag":  # sum_t log sigmoid(A_t): each A_t's share of the gradient is weighted by sigmoid(-A_t)
-        a = advantages(tilted.states, tilted.rewards, critic, tilted.terminations, gamma)
-        weights = torch.sigmoid(-a)
-        e_w = effect @ critic.w
-        per_t = torch.stack([gamma * weights[:, t:].sum(1) - weights[:, t + 1:].sum(1) for t in range(LAYOUT.horizon)], 1)
-        grad = per_t[..., None] * e_w[None, None, :]
-        # the weights come from the x0 estimate at the last guided step (its actions one tilt behind): 4e-4 off here,
-        # against shifts of 0.02-0.09
-        torch.testing.assert_close(tilted.actions, plain.actions + alpha * std.square() * grad, rtol=0, atol=1e-3)
-    else:
-        torch.testing.assert_close(tilted.actions, plain.actions + alpha * std.square() * grad, rtol=0, atol=1e-12)
-    assert float((tilted.actions - plain.actions).abs().max()) > 1e-3  # it moved
+    e_w = effect @ critic.w  # d A_t / d a_k per unit of s_{t+1}'s dependence on a_k
+    if guide == "eag":
+        k = torch.arange(LAYOUT.horizon, dtype=F64)
+        c = (gamma * (LAYOUT.horizon - k) - (LAYOUT.horizon - k - 1)).expand(B, -1)  # 0.6, 0.7, 0.8, 0.9
+    else:  # sum_t log sigmoid(A_t): A_t's share is weighted by sigmoid(-A_t), taken at the returned segment
+        weights = torch.sigmoid(-advantages(tilted.states, tilted.rewards, critic, tilted.terminations, gamma))
+        c = torch.stack([gamma * weights[:, t:].sum(1) - weights[:, t + 1:].sum(1) for t in range(LAYOUT.horizon)], 1)
+    g = c[..., None] * e_w * std  # B x H x A, d log f / d xi
+    shift = alpha * g / g.flatten(1).square().sum(1).mean().sqrt()
+    # SAG's weights come from the x0 estimate at the last guided step (its actions one tilt behind): 4e-4 off here
+    torch.testing.assert_close(tilted.actions, plain.actions + std * shift, rtol=0, atol=1e-12 if guide == "eag" else 1e-3)
+    moved = ((tilted.actions - plain.actions) / std).flatten(1).norm(dim=1)
+    assert abs(float(moved.square().mean().sqrt()) - alpha) < (1e-9 if guide == "eag" else 0.02)  # alpha is the rms move
     torch.testing.assert_close(tilted.states[:, 1:] - tilted.states[:, :-1], tilted.actions @ effect, rtol=0, atol=1e-12)
     gain = lambda out: advantages(out.states, out.rewards, critic, out.terminations, gamma).sum(1)  # noqa: E731
     assert bool((gain(tilted) > gain(plain)).all())  # every segment's sum of advantages rose
+    if guide == "eag":  # the critic's scale does not change EAG's move (the temperature follows it; SAG's weights do change)
+        scaled = _run(model, cond, guide_on="actions", **{**kwargs, "critic": LinearCritic(1e4 * critic.w)})
+        torch.testing.assert_close(scaled.actions, tilted.actions, rtol=0, atol=1e-9)
 
 
 def test_the_action_guide_names_what_it_needs() -> None:
