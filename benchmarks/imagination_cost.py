@@ -5,7 +5,8 @@ real [Linear, LayerNorm, ELU] networks, not stand-ins), from start states of the
 
 - speed: imagined transitions per CPU second (batch x H / CPU seconds per ``imagine`` call, one thread) at each ``--batch``, unguided
   and EAG at each ``--min-guide-noise`` (0 = the guide at every visited step: the sampler before
-  ``DEFAULT_MIN_GUIDE_NOISE``), with the ratio to EAG at 0 in the same run;
+  ``DEFAULT_MIN_GUIDE_NOISE``; with ``--action-guide`` also EAG on the actions, ``guide_on="actions"``), with the ratio to
+  EAG at 0 in the same run;
 - samples: at the first batch size, the same noise for every setting. ``guide_effect_kept`` compares the
   states of each setting with EAG at 0 and the unguided ones: 1 - RMSE(x - x_eag0) / RMSE(x_eag0 - x_none)
   (1: the guide's whole effect kept; 0: as unguided). Beside it, the step-H state error against the real
@@ -19,6 +20,7 @@ between a bf16 setting's segments and the same setting's float32 ones from the s
 Run (repo root):
     OMP_NUM_THREADS=1 python3 benchmarks/imagination_cost.py RUN --batch 256 1024 4096 --min-guide-noise 0 0.01 0.05 --name imagination_cost_halfcheetah
     OMP_NUM_THREADS=1 PYTHONPATH=. python3 benchmarks/imagination_cost.py RUN --min-guide-noise 0 0.01 --dtypes float32 bfloat16 --name imagination_cost_hopper_bf16
+    OMP_NUM_THREADS=1 PYTHONPATH=. python3 benchmarks/imagination_cost.py RUN --batch 256 1024 --min-guide-noise 0 0.01 --action-guide --name imagination_cost_hopper_action_guide
 """
 
 from __future__ import annotations
@@ -74,6 +76,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--alpha", type=float, default=None, help="EAG scale (default: the task's)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--action-guide", action="store_true", help="also EAG on the actions (guide_on='actions') at each threshold")
+    parser.add_argument("--action-alpha", type=float, default=None, help="the action guide's scale (default: the sampler's)")
     parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=["float32", "bfloat16"],
                         help="autocast dtypes to time (float32: none); float32 must come first, the reference")
     parser.add_argument("--name", default="imagination_cost")
@@ -90,17 +94,20 @@ def main() -> None:
     s0_all = data.sample_segments(max(args.batch), horizon, generator=torch.Generator().manual_seed(args.seed)).states[:, 0]
     actor, critic = agent.actor, agent.critic
 
-    def run(s0: torch.Tensor, guide: str, threshold: float = 0.0, dtype: str = "float32") -> SegmentBatch:
+    def run(s0: torch.Tensor, guide: str, threshold: float = 0.0, dtype: str = "float32", guide_on: str = "states") -> SegmentBatch:
         generator = torch.Generator().manual_seed(args.seed)
         cast = getattr(torch, dtype)
+        alpha = args.alpha if guide_on == "states" else args.action_alpha
         with torch.no_grad() if guide == "none" else torch.enable_grad(), torch.autocast("cpu", dtype=cast, enabled=cast != torch.float32):
-            return imagine(model, s0, actor, critic, guide=guide, alpha=args.alpha, generator=generator, min_guide_noise=threshold)
+            return imagine(model, s0, actor, critic, guide=guide, alpha=alpha, generator=generator, min_guide_noise=threshold,
+                           guide_on=guide_on)  # fmt: skip
 
-    # label -> (guide, threshold, dtype): unguided and EAG at each threshold, under each dtype
+    # label -> (guide, threshold, dtype, guide_on): unguided and EAG at each threshold (and on the actions), under each dtype
+    actions = [(f"eag-actions@{t:g}", "eag", t, "actions") for t in args.thresholds if args.action_guide]
     settings = {
-        f"{label}{'' if dtype == 'float32' else '/' + dtype}": (guide, threshold, dtype)
+        f"{label}{'' if dtype == 'float32' else '/' + dtype}": (guide, threshold, dtype, *on)
         for dtype in args.dtypes
-        for label, guide, threshold in [("none", "none", 0.0)] + [(f"eag@{t:g}", "eag", t) for t in args.thresholds]
+        for label, guide, threshold, *on in [("none", "none", 0.0)] + [(f"eag@{t:g}", "eag", t) for t in args.thresholds] + actions
     }
     speed = []
     for batch in args.batch:

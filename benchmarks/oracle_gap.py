@@ -217,7 +217,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="agd train run directories (with a checkpoint)")
     parser.add_argument("--starts", type=int, default=256, help="segments (start states from the run's data)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, nargs="+", default=[0],
+                        help="draws of the start states and the dream's noise; several: one row each (the measures' spread)")
     parser.add_argument("--name", default="oracle_gap", help="result file benchmarks/results/<name>.json")
     parser.add_argument("--fit-updates", type=int, nargs="*", default=[],
                         help="instead of the run's model: a fresh cpu-preset model fit on the run's data, measured at these update counts")
@@ -239,12 +240,12 @@ def main() -> None:
     torch.set_num_threads(1)
     if args.fit_updates:
         overrides = dict(parse_field_value(item, WorldModelConfig) for item in args.set)
-        rows = [row for run in args.runs for row in refits(run, args.fit_updates, overrides, args.starts, args.seed)]
+        rows = [row for run in args.runs for seed in args.seed for row in refits(run, args.fit_updates, overrides, args.starts, seed)]
     else:
         alphas = args.alphas or [None]
-        rows = [measure(run, args.starts, args.seed, mlp_updates=args.mlp_updates, alpha=a, min_guide_noise=m, max_shift=c,
-                        guide=g, guide_on=o)
-                for run in args.runs for a in alphas for g in (args.guides if a else ["none"])
+        rows = [measure(run, args.starts, seed, mlp_updates=args.mlp_updates, alpha=a, min_guide_noise=m, max_shift=c,
+                        guide=g, guide_on=o) | {"seed": seed}
+                for run in args.runs for seed in args.seed for a in alphas for g in (args.guides if a else ["none"])
                 for o in (args.guide_on if a else ["states"]) for m in args.min_guide_noise for c in args.max_shift]
     write_result(args.name, {"starts": args.starts, "runs": rows})
 
