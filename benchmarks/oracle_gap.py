@@ -49,9 +49,8 @@ from agd_envs.guides import advantages, call_critic
 from agd_envs.normalization import Normalizer
 from agd_envs.oracle import OracleWorldModel
 from agd_envs.sampling import DEFAULT_MAX_SHIFT, DEFAULT_MIN_GUIDE_NOISE, imagine
-from agd_envs.segments import SegmentLayout
 from agd_envs.tasks import Task
-from agd_envs.training import MOMENT_SEGMENTS, WorldModelTrainer
+from agd_envs.training import WorldModelTrainer
 from agd_envs.world_model import WorldModel, WorldModelConfig
 from agents.a2c import A2CAgent
 from agents.returns import alive_mask
@@ -59,8 +58,10 @@ from agents.trainer import agent_from_run
 
 try:
     from benchmarks._common import write_result
+    from benchmarks.prior_capacity import new_prior, train_prior
 except ImportError:  # run as a script from the repo root
     from _common import write_result
+    from prior_capacity import new_prior, train_prior
 
 
 def replay(oracle: OracleWorldModel, s0: Tensor, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -128,25 +129,12 @@ def gap(agent: A2CAgent, guess: SegmentBatch, real: SegmentBatch, scale: Tensor)
 
 
 def fit_one_step_mlp(data: EpisodeDataset, task: Task, horizon: int, updates: int, seed: int) -> tuple[DynamicsPrior, Normalizer]:
-    """The reference one-step model: a ``DynamicsPrior`` alone, ``updates`` Adam steps on the dataset."""
+    """The reference one-step model: a ``DynamicsPrior`` alone, ``updates`` Adam steps on the dataset
+    (benchmarks/prior_capacity.py's ``new_prior`` and ``train_prior``, 64 segments per step)."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    norm = Normalizer(task.obs_dim, task.act_dim).fit(data.statistics())
-    prior = DynamicsPrior(SegmentLayout(task.obs_dim, task.act_dim, horizon))
-    batch = data.sample_segments(MOMENT_SEGMENTS, horizon, generator=gen)
-    z = norm.normalize_states(batch.states)
-    residual = batch.rewards - task.control_reward(batch.actions)
-    norm.rew_mean.copy_(residual.mean())
-    norm.rew_std.copy_(residual.std())
-    prior.fit_moments(rearrange(z[:, 1:] - z[:, :-1], "b h s -> (b h) s"))
-    optimizer = torch.optim.Adam(prior.parameters(), lr=1e-3)
-    for _ in range(updates):
-        b = data.sample_segments(256, horizon, generator=gen)
-        rewards = norm.normalize_rewards(b.rewards - task.control_reward(b.actions))
-        loss = prior.loss(norm.normalize_states(b.states), norm.normalize_actions(b.actions), rewards)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    prior, norm = new_prior(data, task, horizon, generator=gen)
+    train_prior(prior, norm, data, task, torch.optim.Adam(prior.parameters(), lr=1e-3), updates, gen)
     return prior, norm
 
 

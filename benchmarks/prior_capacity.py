@@ -23,7 +23,6 @@ from pathlib import Path
 
 import torch
 from einops import rearrange
-from torch import Tensor
 
 from agd_envs.datasets import EpisodeDataset
 from agd_envs.dynamics_prior import DynamicsPrior
