@@ -95,7 +95,8 @@ def diffusion_loss(
     if model.reward_head is not None:
         loss = loss + reward_head_loss(model.reward_head, norm.normalize_states(real_states), actions, rewards)
     if config.dynamics_prior:
-        loss = loss + model.network.prior.loss(norm.normalize_states(real_states), actions, rewards)
+        loss = loss + model.network.prior.loss(norm.normalize_states(real_states), actions, rewards,
+                                                  config.prior_rollout_weight)
     return loss
 
 

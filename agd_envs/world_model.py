@@ -87,6 +87,9 @@ class WorldModelConfig:
     On in the ``cpu`` preset; the ``paper`` preset stays the paper's model."""
     prior_width: int = 256
     """Hidden width of the dynamics prior's three layers (with ``dynamics_prior``)."""
+    prior_rollout_weight: float = 0.0
+    """Weight of the prior's H-step rollout error in its loss, beside the teacher-forced one-step error
+    (``DynamicsPrior.loss``; 0: one-step only, as trained before this field existed)."""
     loss_weighting: str = "none"
     """``none`` (plain L2 of paper eq. 6 on the chosen target) or ``min_snr`` (Hang et al. 2023)."""
     min_snr_gamma: float = 5.0
@@ -195,7 +198,8 @@ class WorldModelConfig:
 
 
 _ADDED_LATER: dict[str, Any] = {"reward_head": False, "known_action_cost": False, "delta_states": False,
-                                 "dynamics_prior": False, "prior_width": 256}
+                                 "dynamics_prior": False, "prior_width": 256,
+                                 "prior_rollout_weight": 0.0}
 """Fields added after format version 1, with the value that reproduces older checkpoints."""
 
 # Chosen by measurement on hopper-mixed (held-out joint-sampling state error;

@@ -2,8 +2,9 @@
 
 The dynamics prior (agd_envs/dynamics_prior.py) is the part of the ``cpu`` world model that carries each
 action's effect; the dream's state error one step after a real s_0 is close to a standalone one-step MLP's
-(``oracle_gap.py --mlp-updates``). This fits standalone priors of several sizes on a dataset's training
-episodes and measures, on held-out episodes (an episode-level split), at several update counts:
+(``oracle_gap.py --mlp-updates``). This fits standalone priors of several sizes, with or without their H-step rollout
+error in the loss (``--rollout-weights``), on a dataset's training episodes and measures, on held-out episodes (an
+episode-level split), at several update counts:
 
 - ``one_step_rmse_z``: teacher-forced one-step state error (RMSE in z-units of the training split);
 - ``rollout_rmse_z``: the prior rolled out over H steps from a real s_0 under the real actions, per step;
@@ -53,18 +54,15 @@ def new_prior(data: EpisodeDataset, task: Task, horizon: int, width: int = 256, 
 
 
 def train_prior(prior: DynamicsPrior, norm: Normalizer, data: EpisodeDataset, task: Task, optimizer: torch.optim.Optimizer,
-                updates: int, generator: torch.Generator, batch_size: int = 64) -> None:
-    """``updates`` steps of the prior's own teacher-forced loss on ``batch_size`` segments of ``data`` (the world
-    model's prior sees a quarter of its 256-segment batch, ``LOSS_FRACTION_INV``)."""
+                updates: int, generator: torch.Generator, batch_size: int = 64, rollout_weight: float = 0.0) -> None:
+    """``updates`` steps of the prior's own loss (``DynamicsPrior.loss``) on ``batch_size`` segments of ``data`` (the
+    world model's prior sees a quarter of its 256-segment batch, ``LOSS_FRACTION_INV``)."""
     horizon = prior.layout.horizon
     for _ in range(updates):
         b = data.sample_segments(batch_size, horizon, generator=generator)
-        z = norm.normalize_states(b.states)
         rewards = norm.normalize_rewards(b.rewards - task.control_reward(b.actions))
-        flat = lambda x: rearrange(x, "b h ... -> (b h) ...")  # noqa: E731
-        s, a = flat(z[:, :-1]), flat(norm.normalize_actions(b.actions))
-        predicted, reward = prior(s, a, torch.ones(s.shape[0], dtype=torch.bool))
-        loss = ((predicted - flat(z[:, 1:])) / prior.change_std).square().mean() + (reward - flat(rewards)).square().mean()
+        loss = prior.loss(norm.normalize_states(b.states), norm.normalize_actions(b.actions), rewards,
+                          rollout_weight, segments=batch_size)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -107,8 +105,9 @@ def run_prior(run: Path, data: EpisodeDataset, task: Task, horizon: int, segment
 
 
 def sweep(data: EpisodeDataset, task: Task, width: int, depth: int, lr: float, updates: list[int], horizon: int,
-          segments: int, seed: int, batch_size: int) -> list[dict[str, object]]:
-    """One prior of ``width`` x ``depth`` trained with Adam(``lr``) on 80% of the episodes, measured at each count of ``updates``."""
+          segments: int, seed: int, batch_size: int, rollout_weight: float = 0.0) -> list[dict[str, object]]:
+    """One prior of ``width`` x ``depth`` trained with Adam(``lr``) and ``rollout_weight`` on 80% of the episodes,
+    measured at each count of ``updates``."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     train, test = data.split(0.8, seed)
@@ -117,9 +116,10 @@ def sweep(data: EpisodeDataset, task: Task, width: int, depth: int, lr: float, u
     rows, done, seconds = [], 0, 0.0
     for total in sorted(updates):
         start = time.perf_counter()
-        train_prior(prior, norm, train, task, optimizer, total - done, gen, batch_size)
+        train_prior(prior, norm, train, task, optimizer, total - done, gen, batch_size, rollout_weight)
         done, seconds = total, seconds + time.perf_counter() - start
-        row = {"width": width, "depth": depth, "lr": lr, "batch_segments": batch_size, "updates": total, "fit_seconds": round(seconds, 1),
+        row = {"width": width, "depth": depth, "lr": lr, "rollout_weight": rollout_weight, "batch_segments": batch_size,
+               "updates": total, "fit_seconds": round(seconds, 1),
                "parameters": sum(p.numel() for p in prior.parameters())}
         rows.append(row | held_out_errors(prior, norm, test, task, segments, seed))
         print(rows[-1], flush=True)
@@ -134,6 +134,8 @@ def main() -> None:
     parser.add_argument("--depths", type=int, nargs="+", default=[3])
     parser.add_argument("--lrs", type=float, nargs="+", default=[1e-3])
     parser.add_argument("--updates", type=int, nargs="+", default=[5000, 15000, 30000])
+    parser.add_argument("--rollout-weights", type=float, nargs="+", default=[0.0],
+                        help="weights of the H-step rollout error in the prior's loss (WorldModelConfig.prior_rollout_weight)")
     parser.add_argument("--batch", type=int, default=64, help="training segments per update")
     parser.add_argument("--horizon", type=int, default=10)
     parser.add_argument("--segments", type=int, default=4096, help="held-out windows measured")
@@ -145,8 +147,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     task = get_task(args.task)
     data = EpisodeDataset.open(args.dataset, task=task.name)
-    rows = [row for w in args.widths for d in args.depths for lr in args.lrs
-            for row in sweep(data, task, w, d, lr, args.updates, args.horizon, args.segments, args.seed, args.batch)]
+    rows = [row for w in args.widths for d in args.depths for lr in args.lrs for rw in args.rollout_weights
+            for row in sweep(data, task, w, d, lr, args.updates, args.horizon, args.segments, args.seed, args.batch, rw)]
     result = {"dataset": str(args.dataset), "dataset_steps": int(data.num_steps), "rows": rows}
     if args.run is not None:
         result["run_prior"] = run_prior(args.run, data, task, args.horizon, args.segments, args.seed)

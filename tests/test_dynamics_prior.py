@@ -3,6 +3,7 @@ what it learns from real transitions, and checkpoints."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -14,7 +15,7 @@ from agd_envs.defaults import default_dataset_path
 from agd_envs.dynamics_prior import DynamicsPrior
 from agd_envs.sampling import Conditioning, imagine, sample
 from agd_envs.segments import SegmentLayout
-from agd_envs.training import WorldModelTrainer
+from agd_envs.training import WorldModelTrainer, diffusion_loss
 from agd_envs.world_model import WorldModel, WorldModelConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -190,3 +191,23 @@ def test_imagined_actions_and_states_are_the_priors_closed_loop_under_the_policy
         z, _ = prior(norm.normalize_states(out.states[:, t]), norm.normalize_actions(out.actions[:, t].clamp(-1, 1)),
                      torch.ones(8, dtype=torch.bool))  # fmt: skip
         torch.testing.assert_close(out.states[:, t + 1], norm.unnormalize_states(z), rtol=0, atol=2e-5)  # unseeded: ~1e-3
+
+
+def test_the_rollout_weight_adds_the_priors_own_rollout_error_to_the_world_model_loss() -> None:
+    """``WorldModelConfig.prior_rollout_weight`` x the prior's H-step rollout error on the batch's first quarter."""
+    data = EpisodeDataset.open(default_dataset_path("HalfCheetah"))
+    model = _prior_model(batch_size=8)
+    WorldModelTrainer(model).fit(data, 2, generator=torch.Generator().manual_seed(0), progress=False)
+    batch = data.sample_segments(8, 10, generator=torch.Generator().manual_seed(1))
+    losses = {}
+    for weight in (0.0, 2.0):
+        model.config = dataclasses.replace(model.config, prior_rollout_weight=weight)
+        losses[weight] = float(diffusion_loss(model, batch, torch.Generator().manual_seed(2)).detach())
+    norm, prior = model.normalizer, model.network.prior
+    z = norm.normalize_states(batch.states[:2])  # ceil(8 / LOSS_FRACTION_INV) segments
+    rewards = norm.normalize_rewards(batch.rewards[:2] - model.control_rewards(batch.actions[:2]))
+    with torch.no_grad():
+        rolled, rolled_rewards = prior.rollout(z[:, 0], norm.normalize_actions(batch.actions[:2]), torch.ones(2, 10, dtype=torch.bool))
+    error = ((rolled[:, 1:] - z[:, 1:]) / prior.change_std).square().mean() + (rolled_rewards - rewards).square().mean()
+    assert float(error) > 0.01
+    assert losses[2.0] - losses[0.0] == pytest.approx(2.0 * float(error), rel=1e-4)

@@ -35,3 +35,19 @@ def test_a_trained_prior_beats_the_constant_state_on_held_out_episodes_and_its_r
     assert after["rollout_rmse_z"][0] < 0.5 * after["constant_rmse_z"]
     # Errors compound over the open-loop rollout.
     assert after["rollout_rmse_z"][-1] > 1.5 * after["rollout_rmse_z"][0]
+
+
+def test_the_rollout_term_lowers_the_held_out_error_ten_steps_out() -> None:
+    """``DynamicsPrior.loss(rollout_weight=1)`` trains the H predictions in a row that the denoiser is given."""
+    task = get_task("Hopper")
+    train, test = EpisodeDataset.open(default_dataset_path("Hopper"), task="Hopper").split(0.8, seed=0)
+    errors = {}
+    for weight in (0.0, 1.0):
+        gen = torch.Generator().manual_seed(0)
+        torch.manual_seed(0)
+        prior, norm = new_prior(train, task, horizon=10, width=64, depth=2, generator=gen)
+        train_prior(prior, norm, train, task, torch.optim.Adam(prior.parameters(), lr=1e-3), 400, gen, rollout_weight=weight)
+        errors[weight] = held_out_errors(prior, norm, test, task, segments=512, seed=1)
+    # Measured: 0.412 -> 0.357 at t = 10, while the one-step error stays within 5% (0.105 -> 0.108).
+    assert errors[1.0]["rollout_rmse_z"][-1] < 0.92 * errors[0.0]["rollout_rmse_z"][-1]
+    assert errors[1.0]["one_step_rmse_z"] < 1.1 * errors[0.0]["one_step_rmse_z"]
