@@ -395,11 +395,12 @@ def count_committed(path: Path, start: int) -> tuple[int, int]:
     return count, steps
 
 
-def read_committed(path: Path, require_crc: bool = False) -> list[Record]:
-    """Every episode of a Minari-layout HDF5 file, CRCs verified (infos and other extras are ignored)."""
+def read_committed(path: Path, require_crc: bool = False, start: int = 0) -> tuple[int, list[Record]]:
+    """(episodes in a Minari-layout HDF5 file, those with index >= ``start``, CRCs verified; extras such as infos ignored)."""
     records = []
     with _open_hdf5(path) as f, reading(path):
-        for i in range(_episode_count(f, path)):
+        count = _episode_count(f, path)
+        for i in range(start, count):
             group = f[f"episode_{i}"]
             missing = [key for key in KEYS if key not in group]
             if missing:
@@ -421,4 +422,4 @@ def read_committed(path: Path, require_crc: bool = False) -> list[Record]:
             if crc is not None and int(crc) != episode_crc(record):
                 raise DatasetError(f"{path}: episode_{i} fails its {CRC_ATTRIBUTE} check. {_DAMAGED}")
             records.append(record)
-    return records
+    return count, records

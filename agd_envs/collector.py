@@ -88,6 +88,7 @@ class RealEnvCollector:
         self._obs: np.ndarray | None = None
         self._buffers = [_EpisodeBuffer() for _ in range(num_envs)]
         self.total_steps = 0
+        self._dataset: EpisodeDataset | None = None  # the last refit's read; the next one adds only new episodes
 
     def scripted_policy(self, name: str) -> Policy:
         """A built-in policy (``"random"`` or ``"sine"``) seeded from the collector's seed."""
@@ -170,7 +171,8 @@ class RealEnvCollector:
             defaults to this collector's).
         """
         self.writer.checkpoint()
-        dataset = EpisodeDataset.open(self.writer.path, task=self.task)
+        dataset = self._dataset.reopen() if self._dataset is not None else EpisodeDataset.open(self.writer.path, task=self.task)
+        self._dataset = dataset
         fit_kwargs.setdefault("progress", self.progress)
         return trainer.fit(dataset, steps, **fit_kwargs)
 

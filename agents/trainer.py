@@ -240,6 +240,7 @@ class AGDTrainer:
         self.initial_steps = 0  # real transitions in the dataset before the first iteration (warm start or prefill)
         self.last: dict[str, float] = {}
         self.phase_seconds = dict.fromkeys(PHASES, 0.0)
+        self._data: EpisodeDataset | None = None  # the last read of the run's dataset (_dataset re-reads what is new)
         self.collector = self._start(resume)
 
     # ---------------------------------------------------------------- setup
@@ -308,7 +309,9 @@ class AGDTrainer:
         return RealEnvCollector(self.task, writer, num_envs=self.config.num_envs, seed=self.config.seed, progress=False)
 
     def _dataset(self) -> EpisodeDataset:
-        return EpisodeDataset.open(self.checkpoint.data_dir, task=self.task)
+        """The run's dataset as on disk now; episodes read before are reused (EpisodeDataset.reopen)."""
+        self._data = self._data.reopen() if self._data is not None else EpisodeDataset.open(self.checkpoint.data_dir, task=self.task)
+        return self._data
 
     # ---------------------------------------------------------------- the loop
     def train(self) -> list[dict[str, str]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -129,6 +130,36 @@ def test_automatic_checkpoints_and_uncommitted_episodes_are_readable(tmp_path: P
     assert J.count_committed(root / "data" / "main_data.hdf5", 0)[0] == 7
     with pytest.raises(DatasetError, match="closed"):
         writer.add_episode(**hopper[0])
+
+
+def test_reopen_reads_only_new_episodes_and_equals_a_fresh_open(tmp_path: Path, hopper: list[dict], monkeypatch) -> None:
+    root = tmp_path / "d"
+    writer = DatasetWriter(root, "Hopper", checkpoint_every=3)
+    for e in hopper[:4]:  # 3 committed, 1 journaled
+        writer.add_episode(**e)
+    first = EpisodeDataset.open(root)
+    for e in hopper[4:8]:  # commits 3..5 (the journaled one among them), journals 6..7
+        writer.add_episode(**e)
+    starts = []
+    real_read = J.read_committed
+    monkeypatch.setattr(J, "read_committed", lambda *a, **k: starts.append(k["start"]) or real_read(*a, **k))
+    again = first.split(0.5, seed=0)[1].reopen()  # from any view: the whole dataset
+    assert starts == [3]  # episodes 0..2 came from the first read, not from the file
+    fresh = EpisodeDataset.open(root)
+    assert again.num_episodes == fresh.num_episodes == 8
+    for key in KEYS:
+        assert np.array_equal(again._store.arrays[key], fresh._store.arrays[key]), key
+    for stored, given in zip(again.episodes(), hopper):
+        assert_same(stored, given)
+    writer.close()
+    final = again.reopen()
+    assert final.num_episodes == 8 and starts[-1] == 6
+    # a main file holding fewer episodes than were read before was replaced: refuse, as open does
+    write(tmp_path / "small", "Hopper", [])
+    store = dataclasses.replace(final._store, data_dir=tmp_path / "small" / "data")
+    moved = EpisodeDataset(final.path, final.task, final.metadata, store, final._selection)
+    with pytest.raises(DatasetError, match="holds 0 episodes but 8 were committed"):
+        moved.reopen()
 
 
 def test_dataset_ids_and_overwrite(tmp_path: Path, hopper: list[dict]) -> None:
