@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import sys
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -43,3 +45,17 @@ def write_result(name: str, result: dict[str, Any]) -> Path:
     path.write_text(json.dumps(payload, indent=2) + "\n")
     print(json.dumps(payload))
     return path
+
+
+def median_seconds(fn: Callable[[], Any], repeats: int) -> float:
+    """Median CPU seconds of this process for one call of ``fn`` over ``repeats`` calls after a warm-up call.
+
+    CPU time, not wall time: on a machine shared with training runs a call's wall time is mostly waiting.
+    With one torch thread (OMP_NUM_THREADS=1) it is the call's compute."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.process_time()
+        fn()
+        times.append(time.process_time() - start)
+    return statistics.median(times)

@@ -26,10 +26,7 @@ Run (repo root):
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from pathlib import Path
-from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -42,25 +39,11 @@ from agd_envs.world_model import WorldModel
 from agents.trainer import agent_from_run
 
 try:
-    from benchmarks._common import write_result
+    from benchmarks._common import median_seconds, write_result
     from benchmarks.oracle_gap import gap, replay
 except ImportError:  # run as a script from the repo root
-    from _common import write_result
+    from _common import median_seconds, write_result
     from oracle_gap import gap, replay
-
-
-def median_seconds(fn: Callable[[], Any], repeats: int) -> float:
-    """Median CPU seconds of this process for one call of ``fn`` over ``repeats`` calls after a warm-up call.
-
-    CPU time, not wall time: on a machine shared with training runs a call's wall time is mostly waiting.
-    With one torch thread (OMP_NUM_THREADS=1) it is the call's compute."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.process_time()
-        fn()
-        times.append(time.process_time() - start)
-    return statistics.median(times)
 
 
 def kept(x: torch.Tensor, full: torch.Tensor, unguided: torch.Tensor) -> float:
