@@ -184,9 +184,10 @@ def _plot(args: argparse.Namespace) -> None:
 
 
 def _table(args: argparse.Namespace) -> None:
-    from agents.plotting import read_runs, table
+    from agents.plotting import paired, read_runs, table
 
-    print(table(read_runs(args.runs), last=args.last))
+    curves = read_runs(args.runs)
+    print(paired(curves, *args.paired, last=args.last) if args.paired else table(curves, last=args.last))
 
 
 def _baseline(args: argparse.Namespace) -> None:
@@ -306,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("runs", nargs="+")
     table.add_argument("--last", type=int, default=1, metavar="K",
                        help="score each run by the mean of its last K evaluations (default 1: the final one)")
+    table.add_argument("--paired", nargs=2, metavar=("ALGO_A", "ALGO_B"),
+                       help="instead: ALGO_A minus ALGO_B seed by seed (mean ± s.e., t, exact sign-flip p), e.g. agd-eag agd-none")
     table.set_defaults(func=_table)
 
     baseline = sub.add_parser("baseline", help="model-free baseline (SB3 PPO / sb3-contrib TRPO, RL Zoo hyperparameters)")

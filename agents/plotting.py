@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,4 +109,50 @@ def table(curves: list[Curve], last: int = 1) -> str:
             window = f"{first / 1000:.0f}-{steps / 1000:.0f}k" if last > 1 else f"{steps / 1000:.0f}k"
             cells.append(f"{finals.mean():.1f}{spread} (n={len(runs)}, {window})")
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def sign_flip_p_value(differences: np.ndarray) -> float:
+    """Exact two-sided p of the paired sign-flip test: the share of the 2^n sign patterns whose |mean| reaches the observed one."""
+    n = len(differences)
+    if not 1 <= n <= 20:
+        raise ValueError(f"{n} paired differences: the exact sign-flip test enumerates 2^n patterns, give 1 to 20")
+    bits = (np.arange(2**n)[:, None] >> np.arange(n)) & 1  # every sign pattern, one per row
+    means = np.abs(((1 - 2 * bits) * differences).mean(axis=1))
+    return float(np.mean(means >= abs(differences.mean()) - 1e-12 * np.abs(differences).max(initial=0.0)))
+
+
+def paired(curves: list[Curve], first: str, second: str, last: int = 1) -> str:
+    """Markdown table per task: ``first`` minus ``second`` on the seeds both ran (mean ± s.e., t, sign-flip p, wins).
+
+    ``first`` and ``second`` are algo labels or shell patterns over them (``agd-eag*`` also takes the runs labelled
+    ``agd-eag-alpha0.1-ppo``); each side must hold at most one run per task and seed.
+    """
+    if last < 1:
+        raise ValueError(f"last={last}: the number of final evaluations to average must be at least 1 (1: the final one)")
+    known = sorted({c.algo for c in curves})
+    scores: dict[str, dict[str, dict[int, float]]] = {}
+    for side in (first, second):
+        if not fnmatch.filter(known, side):
+            raise ValueError(f"no runs of algo {side!r} among the runs given; their algos are: {', '.join(known)}")
+        scores[side] = defaultdict(dict)
+        for curve in (c for c in curves if fnmatch.fnmatchcase(c.algo, side)):
+            if curve.seed in scores[side][curve.task]:
+                raise ValueError(f"{curve.task} seed {curve.seed} has two runs matching {side!r}: pass one run per seed")
+            scores[side][curve.task][curve.seed] = float(curve.returns[-last:].mean())
+    if first == second:
+        raise ValueError(f"--paired {first} {second}: name two different algos")
+    lines = [f"| task | {first} − {second} | seeds | t | sign-flip p | {first} ahead |", "|---" * 6 + "|"]
+    for task in sorted(scores[first].keys() & scores[second].keys()):
+        a, b = scores[first][task], scores[second][task]
+        seeds = sorted(a.keys() & b.keys())
+        if not seeds:
+            continue
+        diff = np.array([a[s] - b[s] for s in seeds])
+        stderr = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
+        t = diff.mean() / stderr if len(diff) > 1 and stderr > 0 else float("nan")
+        lines.append(f"| {task} | {diff.mean():.1f} ± {stderr:.1f} | {', '.join(map(str, seeds))} | {t:.2f} (df {len(diff) - 1}) "
+                     f"| {sign_flip_p_value(diff):.3f} | {int((diff > 0).sum())} of {len(diff)} |")
+    if len(lines) == 2:
+        raise ValueError(f"no task has a seed run by both {first!r} and {second!r}: pair runs by their seed")
     return "\n".join(lines)

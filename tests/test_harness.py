@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from agd_envs.cli import main as agd_main
-from agents.plotting import Curve, mean_and_stderr, read_runs, table
+from agents.plotting import Curve, mean_and_stderr, paired, read_runs, sign_flip_p_value, table
 from agents.run_log import COLUMNS
 from test_trainer import tiny_config  # tests/ is on sys.path (pytest's rootdir-less import mode)
 
@@ -37,6 +37,36 @@ def test_table_scores_each_run_by_its_last_evaluations() -> None:
     with pytest.raises(ValueError, match="last=0: the number of final evaluations to average must be at least 1"):
         table(curves, last=0)
 
+
+
+def test_sign_flip_p_value_counts_the_sign_patterns_as_extreme_as_observed() -> None:
+    # (1, 2, 3): only all-plus and all-minus reach |mean| 2 -> 2 of 8; five same-sign seeds -> 2 of 32
+    assert sign_flip_p_value(np.array([1.0, 2.0, 3.0])) == 0.25
+    assert sign_flip_p_value(np.array([1.0, 2.0, 3.0, 4.0, 5.0])) == 2 / 32
+    assert sign_flip_p_value(np.array([1.0, -1.0])) == 1.0  # every pattern has |mean| >= 0
+    # (4, 1, 1), |mean| 2: the patterns give |4 +- 1 +- 1| / 3 = 2, 4/3, 4/3, 2/3, each twice (mirrored): 2 of 8 reach 2
+    assert sign_flip_p_value(np.array([4.0, 1.0, 1.0])) == 2 / 8
+    assert sign_flip_p_value(np.array([4.0, -1.0, 1.0])) == 6 / 8  # |mean| 4/3: reached by 2, 4/3, 4/3 and mirrors
+    with pytest.raises(ValueError, match="21 paired differences: the exact sign-flip test enumerates 2\\^n patterns"):
+        sign_flip_p_value(np.ones(21))
+
+
+def test_paired_compares_two_algos_seed_by_seed() -> None:
+    steps = np.array([90_000.0, 100_000.0])
+    curves = [Curve("agd-eag-alpha0.1-ppo", "Hopper", 0, steps, np.array([0.0, 500.0])),
+              Curve("agd-eag-ppo", "Hopper", 1, steps, np.array([0.0, 900.0])),  # the same guide under a newer label
+              Curve("agd-eag-ppo", "Hopper", 2, steps, np.array([0.0, 300.0]))]  # fmt: skip
+    curves += [Curve("agd-none-ppo", "Hopper", s, steps, np.array([100.0, 200.0 * (s + 1)])) for s in range(4)]
+    # differences on seeds 0-2: 500-200, 900-400, 300-600 = 300, 500, -300: mean 166.7, sd 416.3, s.e. 240.4;
+    # sign patterns |+-300 +-500 +-300| = 1100, 500, 100, 500 (each twice): 6 of 8 reach 500 = 3 x 166.7
+    out = paired(curves, "agd-eag*", "agd-none-ppo")
+    assert "| Hopper | 166.7 ± 240.4 | 0, 1, 2 | 0.69 (df 2) | 0.750 | 2 of 3 |" in out  # seed 3 has no EAG twin
+    with pytest.raises(ValueError, match="no runs of algo 'agd-sag' among the runs given; their algos are: agd-eag-alpha0.1-ppo"):
+        paired(curves, "agd-sag", "agd-none-ppo")
+    with pytest.raises(ValueError, match="Hopper seed 1 has two runs matching 'agd-none-ppo': pass one run per seed"):
+        paired(curves + [curves[4]], "agd-eag*", "agd-none-ppo")
+    with pytest.raises(ValueError, match="no task has a seed run by both"):
+        paired(curves[1:3] + curves[3:4], "agd-eag*", "agd-none-ppo")
 
 def test_baseline_logs_the_agd_columns_and_plots_with_agd_runs(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
@@ -67,6 +97,9 @@ def test_baseline_logs_the_agd_columns_and_plots_with_agd_runs(
     assert markdown.splitlines()[0] == "| task | agd-eag | ppo |"
     final = float(read_runs([AGD_RUN])[0].returns[-1])
     assert f"| Reacher | {final:.1f} (n=1, 10k) |" in markdown  # one seed: no standard error shown
+    agd_main(["table", str(AGD_RUN), str(out), "--paired", "agd-eag", "ppo"])  # both seed 0: one difference
+    ppo_final = float(read_runs([out])[0].returns[-1])
+    assert f"| Reacher | {final - ppo_final:.1f} ± nan | 0 | nan (df 0) | 1.000 |" in capsys.readouterr().out
 
 
 def test_eval_reports_the_checkpointed_agent(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
