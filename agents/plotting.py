@@ -88,10 +88,19 @@ def plot(curves: list[Curve], out: str | Path) -> Path:
     return out
 
 
-def table(curves: list[Curve], last: int = 1) -> str:
-    """Markdown table (tasks x algorithms): each run's mean of its last ``last`` evaluations, mean ± s.e. over seeds."""
+def _check_last(last: int) -> None:
     if last < 1:
         raise ValueError(f"last={last}: the number of final evaluations to average must be at least 1 (1: the final one)")
+
+
+def _score(curve: Curve, last: int) -> float:
+    """A run's score: the mean of its last ``last`` evaluations."""
+    return float(curve.returns[-last:].mean())
+
+
+def table(curves: list[Curve], last: int = 1) -> str:
+    """Markdown table (tasks x algorithms): each run's mean of its last ``last`` evaluations, mean ± s.e. over seeds."""
+    _check_last(last)
     groups = _group(curves)
     algos = sorted({c.algo for c in curves})
     lines = ["| task | " + " | ".join(algos) + " |", "|---" * (len(algos) + 1) + "|"]
@@ -102,7 +111,7 @@ def table(curves: list[Curve], last: int = 1) -> str:
             if not runs:
                 cells.append("–")
                 continue
-            finals = np.array([c.returns[-last:].mean() for c in runs])
+            finals = np.array([_score(c, last) for c in runs])
             steps = min(c.steps[-1] for c in runs)
             first = min(c.steps[-last:][0] for c in runs)
             spread = f" ± {finals.std(ddof=1) / np.sqrt(len(finals)):.1f}" if len(finals) > 1 else ""  # no SE of one seed
@@ -128,8 +137,9 @@ def paired(curves: list[Curve], first: str, second: str, last: int = 1) -> str:
     ``first`` and ``second`` are algo labels or shell patterns over them (``agd-eag*`` also takes the runs labelled
     ``agd-eag-alpha0.1-ppo``); each side must hold at most one run per task and seed.
     """
-    if last < 1:
-        raise ValueError(f"last={last}: the number of final evaluations to average must be at least 1 (1: the final one)")
+    _check_last(last)
+    if first == second:
+        raise ValueError(f"--paired {first} {second}: name two different algos")
     known = sorted({c.algo for c in curves})
     scores: dict[str, dict[str, dict[int, float]]] = {}
     for side in (first, second):
@@ -139,9 +149,7 @@ def paired(curves: list[Curve], first: str, second: str, last: int = 1) -> str:
         for curve in (c for c in curves if fnmatch.fnmatchcase(c.algo, side)):
             if curve.seed in scores[side][curve.task]:
                 raise ValueError(f"{curve.task} seed {curve.seed} has two runs matching {side!r}: pass one run per seed")
-            scores[side][curve.task][curve.seed] = float(curve.returns[-last:].mean())
-    if first == second:
-        raise ValueError(f"--paired {first} {second}: name two different algos")
+            scores[side][curve.task][curve.seed] = _score(curve, last)
     lines = [f"| task | {first} − {second} | seeds | t | sign-flip p | {first} ahead |", "|---" * 6 + "|"]
     for task in sorted(scores[first].keys() & scores[second].keys()):
         a, b = scores[first][task], scores[second][task]

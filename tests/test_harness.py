@@ -38,7 +38,6 @@ def test_table_scores_each_run_by_its_last_evaluations() -> None:
         table(curves, last=0)
 
 
-
 def test_sign_flip_p_value_counts_the_sign_patterns_as_extreme_as_observed() -> None:
     # (1, 2, 3): only all-plus and all-minus reach |mean| 2 -> 2 of 8; five same-sign seeds -> 2 of 32
     assert sign_flip_p_value(np.array([1.0, 2.0, 3.0])) == 0.25
@@ -67,6 +66,7 @@ def test_paired_compares_two_algos_seed_by_seed() -> None:
         paired(curves + [curves[4]], "agd-eag*", "agd-none-ppo")
     with pytest.raises(ValueError, match="no task has a seed run by both"):
         paired(curves[1:3] + curves[3:4], "agd-eag*", "agd-none-ppo")
+
 
 def test_baseline_logs_the_agd_columns_and_plots_with_agd_runs(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
