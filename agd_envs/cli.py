@@ -87,6 +87,7 @@ def _train(args: argparse.Namespace) -> None:
 
 
 DEFAULT_STEPS = 100_000
+LABEL_HELP = "rename algos matching a shell pattern, e.g. 'agd-eag*=agd-eag' (repeatable; merges runs logged under different labels)"
 """``agd train --steps`` of a new run when none is given."""
 
 
@@ -177,16 +178,22 @@ def _eval(args: argparse.Namespace) -> None:
     print(f"{task.name}: return {result.mean:.1f} ± {result.stderr:.1f} (std {result.std:.1f}, {args.episodes} episodes)")
 
 
-def _plot(args: argparse.Namespace) -> None:
-    from agents.plotting import plot, read_runs
+def _read_labelled(args: argparse.Namespace) -> list:
+    from agents.plotting import read_runs, relabel
 
-    print(f"wrote {plot(read_runs(args.runs), args.out)}")
+    return relabel(read_runs(args.runs), args.label or [])
+
+
+def _plot(args: argparse.Namespace) -> None:
+    from agents.plotting import plot
+
+    print(f"wrote {plot(_read_labelled(args), args.out)}")
 
 
 def _table(args: argparse.Namespace) -> None:
-    from agents.plotting import paired, read_runs, table
+    from agents.plotting import paired, table
 
-    curves = read_runs(args.runs)
+    curves = _read_labelled(args)
     print(paired(curves, *args.paired, last=args.last) if args.paired else table(curves, last=args.last))
 
 
@@ -301,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     plot = sub.add_parser("plot", help="learning curves (mean ± standard error over seeds), one panel per task")
     plot.add_argument("runs", nargs="+")
     plot.add_argument("--out", default="learning_curves.png")
+    plot.add_argument("--label", action="append", metavar="PATTERN=NAME", help=LABEL_HELP)
     plot.set_defaults(func=_plot)
 
     table = sub.add_parser("table", help="final returns as a Markdown table (paper Table I layout)")
@@ -309,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="score each run by the mean of its last K evaluations (default 1: the final one)")
     table.add_argument("--paired", nargs=2, metavar=("ALGO_A", "ALGO_B"),
                        help="instead: ALGO_A minus ALGO_B seed by seed (mean ± s.e., t, exact sign-flip p), e.g. agd-eag agd-none")
+    table.add_argument("--label", action="append", metavar="PATTERN=NAME", help=LABEL_HELP)
     table.set_defaults(func=_table)
 
     baseline = sub.add_parser("baseline", help="model-free baseline (SB3 PPO / sb3-contrib TRPO, RL Zoo hyperparameters)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 from collections import defaultdict
 from dataclasses import dataclass
@@ -42,6 +43,31 @@ def read_runs(paths: list[str | Path]) -> list[Curve]:
             returns=np.array([float(r["eval_return_mean"]) for r in rows]),
         ))  # fmt: skip
     return curves
+
+
+def relabel(curves: list[Curve], rules: list[str]) -> list[Curve]:
+    """Rename algos by ``PATTERN=NAME`` rules (shell patterns, first match wins), e.g. ``agd-eag*=agd-eag``.
+
+    Merges runs logged under different labels (before and after a default changed) into one row or curve;
+    refuses a merge that would give one task and seed two runs under the new name.
+    """
+    parsed = []
+    for rule in rules:
+        pattern, sep, name = rule.partition("=")
+        if not sep or not pattern or not name:
+            raise ValueError(f"--label {rule!r}: write PATTERN=NAME, e.g. 'agd-eag*=agd-eag'")
+        if not any(fnmatch.fnmatchcase(c.algo, pattern) for c in curves):
+            raise ValueError(f"--label {rule!r}: no algo matches {pattern!r}; the algos are: {', '.join(sorted({c.algo for c in curves}))}")
+        parsed.append((pattern, name))
+    out = [dataclasses.replace(c, algo=next((n for p, n in parsed if fnmatch.fnmatchcase(c.algo, p)), c.algo)) for c in curves]
+    seen: dict[tuple[str, str, int], str] = {}
+    for before, after in zip(curves, out):
+        key = (after.task, after.algo, after.seed)
+        if key in seen:
+            raise ValueError(f"--label gives {after.task} seed {after.seed} two {after.algo!r} runs ({seen[key]!r} and "
+                             f"{before.algo!r}): pass one run per seed and label")
+        seen[key] = before.algo
+    return out
 
 
 def _group(curves: list[Curve]) -> dict[str, dict[str, list[Curve]]]:

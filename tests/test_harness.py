@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from agd_envs.cli import main as agd_main
-from agents.plotting import Curve, mean_and_stderr, paired, read_runs, sign_flip_p_value, table
+from agents.plotting import Curve, mean_and_stderr, paired, read_runs, relabel, sign_flip_p_value, table
 from agents.run_log import COLUMNS
 from test_trainer import tiny_config  # tests/ is on sys.path (pytest's rootdir-less import mode)
 
@@ -68,6 +68,23 @@ def test_paired_compares_two_algos_seed_by_seed() -> None:
         paired(curves[1:3] + curves[3:4], "agd-eag*", "agd-none-ppo")
 
 
+def test_relabel_merges_runs_logged_under_two_labels() -> None:
+    steps = np.array([100_000.0])
+    curves = [Curve("agd-eag-alpha0.1-ppo", "Hopper", 0, steps, np.array([500.0])),
+              Curve("agd-eag-ppo", "Hopper", 1, steps, np.array([900.0])),
+              Curve("agd-none-ppo", "Hopper", 0, steps, np.array([200.0]))]  # fmt: skip
+    merged = relabel(curves, ["agd-eag*=agd-eag"])
+    assert [c.algo for c in merged] == ["agd-eag", "agd-eag", "agd-none-ppo"]
+    assert "| Hopper | 700.0 ± 200.0 (n=2, 100k) | 200.0 (n=1, 100k) |" in table(merged)  # mean 700, sd 282.8 / sqrt 2
+    assert relabel(curves, []) == curves
+    with pytest.raises(ValueError, match="--label 'agd-eag': write PATTERN=NAME"):
+        relabel(curves, ["agd-eag"])
+    with pytest.raises(ValueError, match="no algo matches 'agd-sag\\*'; the algos are: agd-eag-alpha0.1-ppo"):
+        relabel(curves, ["agd-sag*=agd-sag"])
+    with pytest.raises(ValueError, match="Hopper seed 0 two 'agd' runs \\('agd-eag-alpha0.1-ppo' and 'agd-none-ppo'\\)"):
+        relabel(curves, ["agd-*=agd"])
+
+
 def test_baseline_logs_the_agd_columns_and_plots_with_agd_runs(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -100,6 +117,8 @@ def test_baseline_logs_the_agd_columns_and_plots_with_agd_runs(
     agd_main(["table", str(AGD_RUN), str(out), "--paired", "agd-eag", "ppo"])  # both seed 0: one difference
     ppo_final = float(read_runs([out])[0].returns[-1])
     assert f"| Reacher | {final - ppo_final:.1f} ± nan | 0 | nan (df 0) | 1.000 |" in capsys.readouterr().out
+    agd_main(["table", str(AGD_RUN), str(out), "--label", "ppo=sb3-ppo", "--label", "agd-*=agd"])
+    assert capsys.readouterr().out.splitlines()[0] == "| task | agd | sb3-ppo |"
 
 
 def test_eval_reports_the_checkpointed_agent(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
