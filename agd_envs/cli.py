@@ -191,10 +191,15 @@ def _plot(args: argparse.Namespace) -> None:
 
 
 def _table(args: argparse.Namespace) -> None:
-    from agents.plotting import paired, table
+    from agents.plotting import paired, reach_table, table
 
     curves = _read_labelled(args)
-    print(paired(curves, *args.paired, last=args.last) if args.paired else table(curves, last=args.last))
+    if args.reach is not None:
+        print(reach_table(curves, args.reach))
+    elif args.paired:
+        print(paired(curves, *args.paired, last=args.last))
+    else:
+        print(table(curves, last=args.last))
 
 
 def _baseline(args: argparse.Namespace) -> None:
@@ -315,9 +320,13 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("runs", nargs="+")
     table.add_argument("--last", type=int, default=1, metavar="K",
                        help="score each run by the mean of its last K evaluations (default 1: the final one)")
-    table.add_argument("--paired", nargs=2, metavar=("ALGO_A", "ALGO_B"),
-                       help="instead: ALGO_A minus ALGO_B seed by seed (mean ± s.e., t, exact sign-flip p), e.g. agd-eag agd-none")
     table.add_argument("--label", action="append", metavar="PATTERN=NAME", help=LABEL_HELP)
+    mode = table.add_mutually_exclusive_group()
+    mode.add_argument("--paired", nargs=2, metavar=("ALGO_A", "ALGO_B"),
+                      help="instead: ALGO_A minus ALGO_B seed by seed (mean ± s.e., t, exact sign-flip p), e.g. agd-eag agd-none")
+    mode.add_argument("--reach", type=float, metavar="RETURN",
+                      help="instead: real steps until each run first evaluates at RETURN or more (median over seeds), "
+                           "e.g. PPO's 100k return")
     table.set_defaults(func=_table)
 
     baseline = sub.add_parser("baseline", help="model-free baseline (SB3 PPO / sb3-contrib TRPO, RL Zoo hyperparameters)")

@@ -7,6 +7,7 @@ import fnmatch
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -124,27 +125,54 @@ def _score(curve: Curve, last: int) -> float:
     return float(curve.returns[-last:].mean())
 
 
-def table(curves: list[Curve], last: int = 1) -> str:
-    """Markdown table (tasks x algorithms): each run's mean of its last ``last`` evaluations, mean ± s.e. over seeds."""
-    _check_last(last)
+def _grid(curves: list[Curve], cell: Callable[[list[Curve]], str]) -> str:
+    """Markdown table, tasks x algorithms, with ``cell(runs)`` for each pair that has runs ("–" otherwise)."""
     groups = _group(curves)
     algos = sorted({c.algo for c in curves})
     lines = ["| task | " + " | ".join(algos) + " |", "|---" * (len(algos) + 1) + "|"]
     for task, by_algo in sorted(groups.items()):
-        cells = []
-        for algo in algos:
-            runs = by_algo.get(algo)
-            if not runs:
-                cells.append("–")
-                continue
-            finals = np.array([_score(c, last) for c in runs])
-            steps = min(c.steps[-1] for c in runs)
-            first = min(c.steps[-last:][0] for c in runs)
-            spread = f" ± {finals.std(ddof=1) / np.sqrt(len(finals)):.1f}" if len(finals) > 1 else ""  # no SE of one seed
-            window = f"{first / 1000:.0f}-{steps / 1000:.0f}k" if last > 1 else f"{steps / 1000:.0f}k"
-            cells.append(f"{finals.mean():.1f}{spread} (n={len(runs)}, {window})")
+        cells = [cell(by_algo[algo]) if by_algo.get(algo) else "–" for algo in algos]
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def table(curves: list[Curve], last: int = 1) -> str:
+    """Markdown table (tasks x algorithms): each run's mean of its last ``last`` evaluations, mean ± s.e. over seeds."""
+    _check_last(last)
+
+    def cell(runs: list[Curve]) -> str:
+        finals = np.array([_score(c, last) for c in runs])
+        steps = min(c.steps[-1] for c in runs)
+        first = min(c.steps[-last:][0] for c in runs)
+        spread = f" ± {finals.std(ddof=1) / np.sqrt(len(finals)):.1f}" if len(finals) > 1 else ""  # no SE of one seed
+        window = f"{first / 1000:.0f}-{steps / 1000:.0f}k" if last > 1 else f"{steps / 1000:.0f}k"
+        return f"{finals.mean():.1f}{spread} (n={len(runs)}, {window})"
+
+    return _grid(curves, cell)
+
+
+def first_reach(curve: Curve, target: float) -> float:
+    """Real steps at the run's first evaluation with a return >= ``target``; inf if none reached it."""
+    hits = np.flatnonzero(curve.returns >= target)
+    return float(curve.steps[hits[0]]) if len(hits) else float("inf")
+
+
+def reach_table(curves: list[Curve], target: float) -> str:
+    """Markdown table (tasks x algorithms): real steps until a run first evaluates at ``target`` or more.
+
+    Each cell: the median over seeds (a run that never reached it counts as beyond its last step, so the median is
+    "> N" when half or more did not), how many reached it, and each seed's step in seed order ("–": not reached).
+    """
+
+    def cell(runs: list[Curve]) -> str:
+        runs = sorted(runs, key=lambda c: c.seed)
+        steps = np.array([first_reach(c, target) for c in runs])
+        median = float(np.median(steps))
+        shown = f"{median / 1000:g}k" if np.isfinite(median) else f"> {min(c.steps[-1] for c in runs) / 1000:g}k"
+        each = ", ".join(f"{s / 1000:g}k" if np.isfinite(s) else "–" for s in steps)
+        return f"{shown} ({int(np.isfinite(steps).sum())} of {len(runs)}: {each})"
+
+    return _grid(curves, cell)
 
 
 def sign_flip_p_value(differences: np.ndarray) -> float:

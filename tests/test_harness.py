@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from agd_envs.cli import main as agd_main
-from agents.plotting import Curve, mean_and_stderr, paired, read_runs, relabel, sign_flip_p_value, table
+from agents.plotting import Curve, first_reach, mean_and_stderr, paired, reach_table, read_runs, relabel, sign_flip_p_value, table
 from agents.run_log import COLUMNS
 from test_trainer import tiny_config  # tests/ is on sys.path (pytest's rootdir-less import mode)
 
@@ -85,6 +85,22 @@ def test_relabel_merges_runs_logged_under_two_labels() -> None:
         relabel(curves, ["agd-*=agd"])
 
 
+def test_reach_table_counts_real_steps_to_a_return() -> None:
+    steps = np.array([10_000.0, 20_000.0, 30_000.0])
+    fast = Curve("agd-none", "HalfCheetah", 0, steps, np.array([100.0, 2600.0, 2000.0]))  # dips after: the first hit counts
+    assert first_reach(fast, 2545.0) == 20_000.0 and first_reach(fast, 2600.0) == 20_000.0
+    assert first_reach(fast, 3000.0) == float("inf")
+    curves = [fast,
+              Curve("agd-none", "HalfCheetah", 1, steps, np.array([3000.0, 0.0, 0.0])),
+              Curve("agd-none", "HalfCheetah", 2, steps, np.array([0.0, 0.0, 0.0])),
+              Curve("ppo", "HalfCheetah", 0, steps, np.array([0.0, 0.0, 2545.0])),
+              Curve("ppo", "HalfCheetah", 1, steps, np.array([0.0, 0.0, 0.0]))]  # fmt: skip
+    out = reach_table(curves, 2545.0)
+    assert out.splitlines()[0] == "| task | agd-none | ppo |"
+    # agd-none: 20k, 10k, never -> median 20k; ppo: 30k, never -> median of (30k, inf) is beyond the last step
+    assert "| HalfCheetah | 20k (2 of 3: 20k, 10k, –) | > 30k (1 of 2: 30k, –) |" in out
+
+
 def test_baseline_logs_the_agd_columns_and_plots_with_agd_runs(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -119,6 +135,12 @@ def test_baseline_logs_the_agd_columns_and_plots_with_agd_runs(
     assert f"| Reacher | {final - ppo_final:.1f} ± nan | 0 | nan (df 0) | 1.000 |" in capsys.readouterr().out
     agd_main(["table", str(AGD_RUN), str(out), "--label", "ppo=sb3-ppo", "--label", "agd-*=agd"])
     assert capsys.readouterr().out.splitlines()[0] == "| task | agd | sb3-ppo |"
+    agd_main(["table", str(AGD_RUN), "--reach", "-1000"])  # every Reacher return beats -1000: reached at once
+    first = read_runs([AGD_RUN])[0].steps[0]
+    assert f"| Reacher | {first / 1000:g}k (1 of 1: {first / 1000:g}k) |" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        agd_main(["table", str(AGD_RUN), "--reach", "0", "--paired", "agd-eag", "ppo"])
+    assert exit_info.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
 
 
 def test_eval_reports_the_checkpointed_agent(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
