@@ -168,8 +168,8 @@ def reach_table(curves: list[Curve], target: float) -> str:
         runs = sorted(runs, key=lambda c: c.seed)
         steps = np.array([first_reach(c, target) for c in runs])
         median = float(np.median(steps))
-        shown = f"{median / 1000:g}k" if np.isfinite(median) else f"> {min(c.steps[-1] for c in runs) / 1000:g}k"
-        each = ", ".join(f"{s / 1000:g}k" if np.isfinite(s) else "–" for s in steps)
+        shown = f"{median / 1000:.0f}k" if np.isfinite(median) else f"> {min(c.steps[-1] for c in runs) / 1000:.0f}k"
+        each = ", ".join(f"{s / 1000:.0f}k" if np.isfinite(s) else "–" for s in steps)
         return f"{shown} ({int(np.isfinite(steps).sum())} of {len(runs)}: {each})"
 
     return _grid(curves, cell)

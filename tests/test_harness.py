@@ -137,7 +137,7 @@ def test_baseline_logs_the_agd_columns_and_plots_with_agd_runs(
     assert capsys.readouterr().out.splitlines()[0] == "| task | agd | sb3-ppo |"
     agd_main(["table", str(AGD_RUN), "--reach", "-1000"])  # every Reacher return beats -1000: reached at once
     first = read_runs([AGD_RUN])[0].steps[0]
-    assert f"| Reacher | {first / 1000:g}k (1 of 1: {first / 1000:g}k) |" in capsys.readouterr().out
+    assert f"| Reacher | {first / 1000:.0f}k (1 of 1: {first / 1000:.0f}k) |" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exit_info:
         agd_main(["table", str(AGD_RUN), "--reach", "0", "--paired", "agd-eag", "ppo"])
     assert exit_info.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
