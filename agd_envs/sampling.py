@@ -453,7 +453,7 @@ class Simulator(Protocol):
         ...
 
 
-def _default_alpha(task: Task, guide_on: str) -> float:
+def default_guide_scale(task: Task, guide_on: str = "states") -> float:
     """The guide scale when none is given: the task's for the state guide, ``DEFAULT_ACTION_GUIDE_SCALE`` for the action guide."""
     return DEFAULT_ACTION_GUIDE_SCALE if guide_on == "actions" else task.guide_scale
 
@@ -489,6 +489,6 @@ def imagine(
     cond = Conditioning.from_start(s0, horizon=model.layout.horizon)
     return sample(
         model, cond, steps=steps, eta=eta, actor=actor, guide=guide, critic=critic,
-        alpha=_default_alpha(model.task, guide_on) if alpha is None else alpha, gamma=gamma, generator=generator,
+        alpha=default_guide_scale(model.task, guide_on) if alpha is None else alpha, gamma=gamma, generator=generator,
         guide_mode=guide_mode, max_shift=max_shift, min_guide_noise=min_guide_noise, guide_on=guide_on,
     )  # fmt: skip

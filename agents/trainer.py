@@ -43,7 +43,7 @@ from agd_envs.defaults import default_dataset_path
 from agd_envs.distributed import Distributed
 from agd_envs.guides import get_guide
 from agd_envs.oracle import OracleConfig, OracleWorldModel
-from agd_envs.sampling import imagine
+from agd_envs.sampling import default_guide_scale, imagine
 from agd_envs.tasks import get_task
 from agd_envs.training import WorldModelTrainer
 from agd_envs.world_model import WorldModel, WorldModelConfig
@@ -134,6 +134,9 @@ class TrainerConfig:
     to this fraction of them at ``steps`` (1.0: constant, the paper's; 0.0: annealed to zero, as CleanRL's PPO).
     The schedule follows ``online_steps / steps``, so a resumed run keeps it and an extended one (a larger
     ``steps``) stretches it."""
+    alpha_final_fraction: float = 1.0
+    """The guide scale falls linearly with the online steps, from ``alpha`` (or the task's) at the start to this
+    fraction of it at ``steps``, on the lr schedule's clock (1.0: constant, the paper's; 0.0: the dream ends unguided)."""
     imagination_dtype: str = "float32"
     """``float32``, or ``bfloat16``: joint imagination runs under ``torch.autocast`` (matmuls in bf16, the segments returned
     in float32). On one thread of a CPU with AVX512-BF16, Hopper EAG imagines 1.6x the transitions/s (~1.2x in a 2-thread run) at 0.015 z step-H deviation from
@@ -163,6 +166,8 @@ class TrainerConfig:
             raise ValueError(f"imagination_dtype must be one of {IMAGINATION_DTYPES}, got {self.imagination_dtype!r}")
         if not 0.0 <= self.lr_final_fraction <= 1.0:
             raise ValueError(f"lr_final_fraction must be in [0, 1] (1.0: constant learning rates), got {self.lr_final_fraction}")
+        if not 0.0 <= self.alpha_final_fraction <= 1.0:
+            raise ValueError(f"alpha_final_fraction must be in [0, 1] (1.0: a constant guide scale), got {self.alpha_final_fraction}")
         for name in ("eval_every", "checkpoint_every"):
             if getattr(self, name) % self.iteration_steps:
                 raise ValueError(f"{name}={getattr(self, name)} must be a multiple of iteration_steps={self.iteration_steps}")
@@ -356,17 +361,29 @@ class AGDTrainer:
             self.checkpoint.save(self._state(), self.agent, self.model, self.model_trainer, self.generator)
         return {**self.last, "steps_per_second": self.online_steps / max(self._wall(), 1e-9)}
 
+    def _annealed(self, final_fraction: float) -> float:
+        """A linear schedule's multiplier, 1 -> ``final_fraction``, for the iteration that has just collected its real steps."""
+        progress = min((self.online_steps - self.config.iteration_steps) / self.config.steps, 1.0)
+        return 1.0 - (1.0 - final_fraction) * max(progress, 0.0)
+
     def lr_scale(self) -> float:
         """The agent's learning-rate multiplier for the iteration that has just collected its real steps."""
-        progress = min((self.online_steps - self.config.iteration_steps) / self.config.steps, 1.0)
-        return 1.0 - (1.0 - self.config.lr_final_fraction) * max(progress, 0.0)
+        return self._annealed(self.config.lr_final_fraction)
+
+    def guide_scale(self) -> float | None:
+        """The guide scale imagination uses in this iteration (None: the sampler's default, unannealed)."""
+        cfg = self.config
+        if cfg.alpha_final_fraction == 1.0:
+            return cfg.alpha
+        base = default_guide_scale(self.task, cfg.guide_on) if cfg.alpha is None else cfg.alpha
+        return base * self._annealed(cfg.alpha_final_fraction)
 
     def _agent_update(self, dataset: EpisodeDataset) -> dict[str, float]:
         cfg = self.config
         s0 = self._real_segments(dataset, self.ranks.share(cfg.imagination_batch, "imagination_batch")).states[:, 0].to(self.model.device)
         if cfg.imagination == "joint":
             with self._phase("imagine"), self._imagination_autocast():
-                segments = imagine(self.model, s0, self.agent.actor, self.agent.critic, guide=cfg.guide, alpha=cfg.alpha,
+                segments = imagine(self.model, s0, self.agent.actor, self.agent.critic, guide=cfg.guide, alpha=self.guide_scale(),
                                   gamma=self.agent.config.gamma, generator=self._device_generator(), guide_on=cfg.guide_on)  # fmt: skip
             with self._phase("agent"):
                 stats = self.agent.update(segments)
@@ -408,7 +425,7 @@ class AGDTrainer:
 
         cfg = self.config
         critic = self.agent.critic if cfg.guide in ("eag", "sag") else None
-        env = DreamVectorEnv(self.task, num_envs=len(s0), model=self.model, critic=critic, guide=cfg.guide, alpha=cfg.alpha, dataset=dataset, device=cfg.device, sampling_steps=cfg.sampling_steps, gamma=self.agent.config.gamma)
+        env = DreamVectorEnv(self.task, num_envs=len(s0), model=self.model, critic=critic, guide=cfg.guide, alpha=self.guide_scale(), dataset=dataset, device=cfg.device, sampling_steps=cfg.sampling_steps, gamma=self.agent.config.gamma)
         obs, _ = env.reset(seed=int(torch.randint(0, 2**31 - 1, (1,), generator=self.generator)), options={"initial_state": s0.cpu().numpy()})
         rows: dict[str, list[np.ndarray]] = {k: [] for k in ("obs", "actions", "rewards", "next_obs", "terminated", "truncated")}
         for _ in range(self.model.config.horizon):
@@ -517,7 +534,8 @@ def recent_transitions(dataset: EpisodeDataset, window: int) -> dict[str, np.nda
 
 def run_label(config: TrainerConfig) -> str:
     """A run's ``algo`` label: ``agd-<guide>``, plus ``-alpha<α>`` when the guide scale is not the task's default
-    and ``-rhead`` when the world model predicts rewards with a reward head; ``agd-oracle`` for oracle runs;
+    ``-anneal<f>`` when the guide scale is annealed to f of it (``alpha_final_fraction``), and ``-rhead`` when the world
+    model predicts rewards with a reward head; ``agd-oracle`` for oracle runs;
     ``-ppo`` when the agent takes PPO's clipped update (``agd train --agent ppo|zoo``, Hopper's default)."""
     agent = "-ppo" if config.a2c_config().clip_ratio is not None else ""
     if config.world_model == "oracle":
@@ -525,7 +543,8 @@ def run_label(config: TrainerConfig) -> str:
     alpha = config.alpha
     custom = config.guide != "none" and alpha is not None and alpha != get_task(config.task).guide_scale
     head = bool(config.model.get("reward_head", False))
-    return f"agd-{config.guide}" + (f"-alpha{alpha:g}" if custom else "") + ("-rhead" if head else "") + agent
+    annealed = f"-anneal{config.alpha_final_fraction:g}" if config.guide != "none" and config.alpha_final_fraction != 1.0 else ""
+    return f"agd-{config.guide}" + (f"-alpha{alpha:g}" if custom else "") + annealed + ("-rhead" if head else "") + agent
 
 
 def agent_from_run(run_dir: str | Path) -> tuple[TrainerConfig, A2CAgent]:

@@ -288,6 +288,28 @@ def test_lr_final_fraction_anneals_the_agents_learning_rates_linearly_over_the_o
         tiny_config(lr_final_fraction=-0.1)
 
 
+def test_alpha_final_fraction_anneals_the_guide_scale_imagination_uses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import agents.trainer as trainer_module
+
+    seen: list[float] = []
+
+    def recording_imagine(*args, alpha=None, **kwargs):
+        seen.append(alpha)
+        return imagine(*args, alpha=alpha, **kwargs)
+
+    imagine = trainer_module.imagine
+    monkeypatch.setattr(trainer_module, "imagine", recording_imagine)
+    trainer = AGDTrainer(tiny_config(guide="eag", alpha_final_fraction=0.0), tmp_path / "run", progress=False)
+    for _ in range(3):  # 600 online steps in 200-step iterations, 4 imagination calls each
+        trainer.iteration()
+    base = get_task("Reacher").guide_scale  # alpha=None: the task's scale is the one annealed
+    assert seen == pytest.approx([base] * 4 + [base * 2 / 3] * 4 + [base / 3] * 4)
+    assert run_label(tiny_config(guide="eag", alpha_final_fraction=0.0)) == "agd-eag-anneal0"
+    assert run_label(tiny_config(guide="none", alpha_final_fraction=0.0)) == "agd-none"  # nothing to anneal
+    with pytest.raises(ValueError, match=r"alpha_final_fraction must be in \[0, 1\] \(1.0: a constant guide scale\), got 2"):
+        tiny_config(alpha_final_fraction=2)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_imagination_dtype_autocasts_joint_imagination_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dtype: str) -> None:
     # bfloat16: imagine runs under CPU autocast and hands the agent float32 segments; float32: no autocast. The agent's
