@@ -87,8 +87,9 @@ def _train(args: argparse.Namespace) -> None:
 
 
 DEFAULT_STEPS = 100_000
-LABEL_HELP = "rename algos matching a shell pattern, e.g. 'agd-eag*=agd-eag' (repeatable; merges runs logged under different labels)"
 """``agd train --steps`` of a new run when none is given."""
+LABEL_HELP = "rename algos matching a shell pattern, e.g. 'agd-eag*=agd-eag' (repeatable; merges runs logged under different labels)"
+"""``--label`` help of ``agd plot`` and ``agd table``."""
 
 
 def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -179,6 +180,7 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _read_labelled(args: argparse.Namespace) -> list:
+    """The runs given, algos renamed by ``--label``."""
     from agents.plotting import read_runs, relabel
 
     return relabel(read_runs(args.runs), args.label or [])

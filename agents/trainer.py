@@ -533,7 +533,7 @@ def recent_transitions(dataset: EpisodeDataset, window: int) -> dict[str, np.nda
 
 
 def run_label(config: TrainerConfig) -> str:
-    """A run's ``algo`` label: ``agd-<guide>``, plus ``-alpha<α>`` when the guide scale is not the task's default
+    """A run's ``algo`` label: ``agd-<guide>``, plus ``-alpha<α>`` when the guide scale is not the task's default,
     ``-anneal<f>`` when the guide scale is annealed to f of it (``alpha_final_fraction``), and ``-rhead`` when the world
     model predicts rewards with a reward head; ``agd-oracle`` for oracle runs;
     ``-ppo`` when the agent takes PPO's clipped update (``agd train --agent ppo|zoo``, Hopper's default)."""
