@@ -138,12 +138,15 @@ def test_hoppers_defaults_are_the_learner_that_beat_ppo_and_the_papers_a2c_stays
     from agents.a2c import A2CConfig
 
     hopper = TrainerConfig.for_task("Hopper")
-    assert hopper.a2c_config() == A2CConfig.named("zoo") and run_label(hopper) == "agd-eag-ppo"
-    assert (hopper.start_window, hopper.critic_real_steps, hopper.lr_final_fraction) == (5000, 5000, 0.0)
+    assert hopper.a2c_config() == A2CConfig.named("zoo") and run_label(hopper) == "agd-eag-anneal0-ppo"
+    assert (hopper.start_window, hopper.critic_real_steps, hopper.lr_final_fraction, hopper.alpha_final_fraction) == (5000, 5000, 0.0, 0.0)
     assert get_task("Hopper").guide_scale == 0.1
     argv = ["train", "--task", "Hopper", "--out", "x", "--agent", "paper"]
     paper = TrainerConfig.for_task("Hopper", **_flag_overrides(build_parser().parse_args(argv)))
-    assert paper.a2c_config() == A2CConfig() and run_label(paper) == "agd-eag"
+    assert paper.a2c_config() == A2CConfig() and run_label(paper) == "agd-eag-anneal0"
+    argv += ["--set", "start_window=null", "critic_real_steps=0", "lr_final_fraction=1.0", "alpha_final_fraction=1.0"]
+    papers = TrainerConfig.for_task("Hopper", **_flag_overrides(build_parser().parse_args(argv)))
+    assert run_label(papers) == "agd-eag" and (papers.start_window, papers.critic_real_steps) == (None, 0)
     assert TrainerConfig.for_task("HalfCheetah").a2c_config() == A2CConfig()  # other tasks keep the paper's A2C
     # Run directories written before the ``agent`` field held the scheme's fields in ``a2c``: they load unchanged.
     saved = dataclasses.asdict(TrainerConfig.for_task("Hopper", agent="paper", a2c=A2C_PRESETS["zoo"]))
