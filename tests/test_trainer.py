@@ -148,6 +148,9 @@ def test_hoppers_defaults_are_the_learner_that_beat_ppo_and_the_papers_a2c_stays
     papers = TrainerConfig.for_task("Hopper", **_flag_overrides(build_parser().parse_args(argv)))
     assert run_label(papers) == "agd-eag" and (papers.start_window, papers.critic_real_steps) == (None, 0)
     assert TrainerConfig.for_task("HalfCheetah").a2c_config() == A2CConfig()  # other tasks keep the paper's A2C
+    cheetah = TrainerConfig.for_task("HalfCheetah")  # the annealed guide there too (docs/results.md)
+    assert (cheetah.alpha_final_fraction, run_label(cheetah)) == (0.0, "agd-eag-anneal0")
+    assert run_label(TrainerConfig.for_task("HalfCheetah", alpha_final_fraction=1.0)) == "agd-eag"  # the paper's constant scale
     # Run directories written before the ``agent`` field held the scheme's fields in ``a2c``: they load unchanged.
     saved = dataclasses.asdict(TrainerConfig.for_task("Hopper", agent="paper", a2c=A2C_PRESETS["zoo"]))
     del saved["agent"]
