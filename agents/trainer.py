@@ -137,6 +137,9 @@ class TrainerConfig:
     alpha_final_fraction: float = 1.0
     """The guide scale falls linearly with the online steps, from ``alpha`` (or the task's) at the start to this
     fraction of it at ``steps``, on the lr schedule's clock (1.0: constant, the paper's; 0.0: the dream ends unguided)."""
+    alpha_anneal_steps: int | None = None
+    """Online steps over which the guide scale falls to ``alpha_final_fraction`` of it, then stays there (None: ``steps``,
+    the whole run); e.g. 45000 with a 5000-step prefill guides the dream for the first 50k real steps only."""
     imagination_dtype: str = "float32"
     """``float32``, or ``bfloat16``: joint imagination runs under ``torch.autocast`` (matmuls in bf16, the segments returned
     in float32). On one thread of a CPU with AVX512-BF16, Hopper EAG imagines 1.6x the transitions/s (~1.2x in a 2-thread run) at 0.015 z step-H deviation from
@@ -168,6 +171,8 @@ class TrainerConfig:
             raise ValueError(f"lr_final_fraction must be in [0, 1] (1.0: constant learning rates), got {self.lr_final_fraction}")
         if not 0.0 <= self.alpha_final_fraction <= 1.0:
             raise ValueError(f"alpha_final_fraction must be in [0, 1] (1.0: a constant guide scale), got {self.alpha_final_fraction}")
+        if self.alpha_anneal_steps is not None and self.alpha_anneal_steps <= 0:
+            raise ValueError(f"alpha_anneal_steps must be a positive number of online steps (or null: the whole run), got {self.alpha_anneal_steps}")
         for name in ("eval_every", "checkpoint_every"):
             if getattr(self, name) % self.iteration_steps:
                 raise ValueError(f"{name}={getattr(self, name)} must be a multiple of iteration_steps={self.iteration_steps}")
@@ -365,9 +370,10 @@ class AGDTrainer:
             self.checkpoint.save(self._state(), self.agent, self.model, self.model_trainer, self.generator)
         return {**self.last, "steps_per_second": self.online_steps / max(self._wall(), 1e-9)}
 
-    def _annealed(self, final_fraction: float) -> float:
-        """A linear schedule's multiplier, 1 -> ``final_fraction``, for the iteration that has just collected its real steps."""
-        progress = min((self.online_steps - self.config.iteration_steps) / self.config.steps, 1.0)
+    def _annealed(self, final_fraction: float, over_steps: int | None = None) -> float:
+        """A linear schedule's multiplier, 1 -> ``final_fraction`` over ``over_steps`` online steps (None: ``steps``), for
+        the iteration that has just collected its real steps."""
+        progress = min((self.online_steps - self.config.iteration_steps) / (over_steps or self.config.steps), 1.0)
         return 1.0 - (1.0 - final_fraction) * max(progress, 0.0)
 
     def lr_scale(self) -> float:
@@ -380,7 +386,7 @@ class AGDTrainer:
         if cfg.alpha_final_fraction == 1.0:
             return cfg.alpha
         base = default_guide_scale(self.task, cfg.guide_on) if cfg.alpha is None else cfg.alpha
-        return base * self._annealed(cfg.alpha_final_fraction)
+        return base * self._annealed(cfg.alpha_final_fraction, cfg.alpha_anneal_steps)
 
     def _agent_update(self, dataset: EpisodeDataset) -> dict[str, float]:
         cfg = self.config
@@ -538,7 +544,8 @@ def recent_transitions(dataset: EpisodeDataset, window: int) -> dict[str, np.nda
 
 def run_label(config: TrainerConfig) -> str:
     """A run's ``algo`` label: ``agd-<guide>``, plus ``-alpha<α>`` when the guide scale is not the task's default,
-    ``-anneal<f>`` when the guide scale is annealed to f of it (``alpha_final_fraction``), and ``-rhead`` when the world
+    ``-anneal<f>`` when the guide scale is annealed to f of it (``alpha_final_fraction``; ``-anneal<f>by<n>k`` when it gets
+    there after n thousand online steps, ``alpha_anneal_steps``), and ``-rhead`` when the world
     model predicts rewards with a reward head; ``agd-oracle`` for oracle runs;
     ``-ppo`` when the agent takes PPO's clipped update (``agd train --agent ppo|zoo``, Hopper's default)."""
     agent = "-ppo" if config.a2c_config().clip_ratio is not None else ""
@@ -547,7 +554,10 @@ def run_label(config: TrainerConfig) -> str:
     alpha = config.alpha
     custom = config.guide != "none" and alpha is not None and alpha != get_task(config.task).guide_scale
     head = bool(config.model.get("reward_head", False))
-    annealed = f"-anneal{config.alpha_final_fraction:g}" if config.guide != "none" and config.alpha_final_fraction != 1.0 else ""
+    annealed = ""
+    if config.guide != "none" and config.alpha_final_fraction != 1.0:
+        by = f"by{config.alpha_anneal_steps / 1000:g}k" if config.alpha_anneal_steps else ""
+        annealed = f"-anneal{config.alpha_final_fraction:g}{by}"
     return f"agd-{config.guide}" + (f"-alpha{alpha:g}" if custom else "") + annealed + ("-rhead" if head else "") + agent
 
 

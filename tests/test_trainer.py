@@ -316,6 +316,21 @@ def test_alpha_final_fraction_anneals_the_guide_scale_imagination_uses(tmp_path:
         tiny_config(alpha_final_fraction=2)
 
 
+def test_alpha_anneal_steps_ends_the_guide_early_and_keeps_it_there(tmp_path: Path) -> None:
+    config = tiny_config(guide="eag", alpha_final_fraction=0.0, alpha_anneal_steps=400)
+    trainer = AGDTrainer(config, tmp_path / "run", progress=False)
+    base = get_task("Reacher").guide_scale
+    scales = []
+    for online in (200, 400, 600, 800):  # iterations of 200 steps; the scale of each is set by the steps before it
+        trainer.online_steps = online
+        scales.append(trainer.guide_scale())
+    assert scales == pytest.approx([base, base / 2, 0.0, 0.0])
+    assert run_label(config) == "agd-eag-anneal0by0.4k"
+    assert run_label(TrainerConfig.for_task("HalfCheetah", alpha_anneal_steps=45000)) == "agd-eag-anneal0by45k"
+    with pytest.raises(ValueError, match=r"alpha_anneal_steps must be a positive number of online steps \(or null: the whole run\), got 0"):
+        tiny_config(alpha_anneal_steps=0)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_imagination_dtype_autocasts_joint_imagination_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dtype: str) -> None:
     # bfloat16: imagine runs under CPU autocast and hands the agent float32 segments; float32: no autocast. The agent's
