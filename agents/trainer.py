@@ -136,7 +136,8 @@ class TrainerConfig:
     ``steps``) stretches it."""
     alpha_final_fraction: float = 1.0
     """The guide scale falls linearly with the online steps, from ``alpha`` (or the task's) at the start to this
-    fraction of it at ``steps``, on the lr schedule's clock (1.0: constant, the paper's; 0.0: the dream ends unguided)."""
+    fraction of it at ``steps`` (or at ``alpha_anneal_steps``), on the lr schedule's clock (1.0: constant, the paper's;
+    0.0: the dream ends unguided)."""
     alpha_anneal_steps: int | None = None
     """Online steps over which the guide scale falls to ``alpha_final_fraction`` of it, then stays there (None: ``steps``,
     the whole run); e.g. 45000 with a 5000-step prefill guides the dream for the first 50k real steps only."""
