@@ -404,7 +404,7 @@ class AGDTrainer:
             with self._phase("agent"):
                 stats |= self.agent.update_critic(self._real_segments(dataset, cfg.critic_real_segments))
         agent = self.agent  # the ranks' statistics (and PopArt's rescale) came from their own shards: keep rank 0's
-        self.ranks.broadcast_modules(agent.actor, agent.critic, agent.target_critic, agent.obs_moments)
+        self.ranks.broadcast_modules(agent.actor, agent.critic, agent.target_critic, agent.obs_moments, agent.averaged_actor)
         stats["imagined_reward"] = float(segments.rewards.mean())
         if segments.advantages is not None:
             stats["imagined_advantage"] = float(segments.advantages.mean())
@@ -486,12 +486,15 @@ class AGDTrainer:
         cfg = self.config
         with self._phase("eval"):
             result = evaluate(self.task, lambda obs: self.agent.act(obs, deterministic=True), cfg.eval_episodes, seed=10_000 + cfg.seed)
+            online = None  # with an averaged actor (A2CConfig.actor_average) the online one is evaluated too, on the same starts
+            if self.agent.averaged_actor is not None:
+                online = evaluate(self.task, lambda obs: self.agent.act(obs, deterministic=True, averaged=False), cfg.eval_episodes, seed=10_000 + cfg.seed)
         row = {
             "algo": run_label(cfg), "task": self.task.name, "seed": cfg.seed, "real_steps": self.real_steps,
             "online_steps": self.online_steps,
             "wall_seconds": self._wall(), "steps_per_second": self.online_steps / max(self._wall(), 1e-9),
             "eval_return_mean": result.mean, "eval_return_std": result.std, "eval_return_stderr": result.stderr,
-            "eval_episodes": cfg.eval_episodes,
+            "eval_episodes": cfg.eval_episodes, **({"eval_online_return_mean": online.mean} if online is not None else {}),
             **{k: metrics[k] for k in ("model_loss", "model_skipped", "actor_loss", "critic_loss", "entropy", "imagined_reward", "imagined_advantage") if k in metrics},
             **{f"seconds_{phase}": seconds for phase, seconds in self.phase_seconds.items()},
         }  # fmt: skip

@@ -318,6 +318,49 @@ def test_state_dict_round_trip_reproduces_actions_and_the_next_update() -> None:
     assert restored.num_updates == 4
 
 
+def test_averaged_actor_is_the_ema_of_the_online_actor_and_evaluation_acts_with_it() -> None:
+    decay = 0.8
+    torch.manual_seed(0)
+    agent = A2CAgent(4, 2, A2CConfig(hidden_sizes=(16, 16), actor_average=decay))
+    torch.manual_seed(0)
+    plain = A2CAgent(4, 2, A2CConfig(hidden_sizes=(16, 16)))
+    expected: dict[str, torch.Tensor] = {}
+    for seed in range(5):
+        batch = random_segments(16, 5, 4, 2, seed=seed)
+        torch.manual_seed(seed)
+        agent.update(batch)
+        torch.manual_seed(seed)
+        plain.update(batch)
+        online = {k: v.detach().clone() for k, v in agent.actor.state_dict().items()}
+        # The first update copies the online actor, each later one moves decay -> 1 - decay towards it.
+        expected = online if not expected else {k: decay * expected[k] + (1 - decay) * online[k] for k in online}
+    averaged = agent.averaged_actor.module.state_dict()
+    for key, value in expected.items():
+        torch.testing.assert_close(averaged[key], value, rtol=0, atol=1e-6, msg=key)
+    torch.testing.assert_close(_params(agent), _params(plain), rtol=0, atol=0)  # the average leaves the updates alone
+
+    obs = np.random.default_rng(0).normal(size=(6, 4))
+    with torch.no_grad():
+        averaged_mean = agent.averaged_actor.module(torch.as_tensor(obs, dtype=torch.float32)).mean.clamp(-1, 1).numpy()
+    np.testing.assert_array_equal(agent.act(obs, deterministic=True), averaged_mean)
+    np.testing.assert_array_equal(agent.act(obs, deterministic=True, averaged=False), plain.act(obs, deterministic=True))
+    assert np.abs(averaged_mean - plain.act(obs, deterministic=True)).max() > 1e-4
+    torch.manual_seed(3)
+    explored = agent.act(obs)
+    torch.manual_seed(3)
+    np.testing.assert_array_equal(explored, plain.act(obs))  # collection explores with the online actor
+
+    restored = A2CAgent(4, 2, A2CConfig(hidden_sizes=(16, 16), actor_average=decay))
+    restored.load_state_dict(agent.state_dict())
+    np.testing.assert_array_equal(restored.act(obs, deterministic=True), averaged_mean)
+    with pytest.raises(ValueError, match="no averaged actor"):
+        restored.load_state_dict(plain.state_dict())
+    with pytest.raises(ValueError, match="actor_average=0.995"):
+        plain.act(obs, deterministic=True, averaged=True)
+    with pytest.raises(ValueError, match="actor_average must be an EMA decay"):
+        A2CConfig(actor_average=1.0)
+
+
 # --- closed-loop transitions from a real Gymnasium vector env (MuJoCo; slow) ---------------------------
 
 

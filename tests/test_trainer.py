@@ -125,6 +125,16 @@ def test_real_steps_count_the_prefill_and_the_warm_start(tmp_path: Path) -> None
     assert shipped.initial_steps == 40_000 and int(rows[-1]["real_steps"]) == 40_200  # datasets/reacher-mixed
 
 
+def test_an_averaged_actor_is_evaluated_beside_the_online_one_and_changes_no_update(tmp_path: Path) -> None:
+    plain = AGDTrainer(tiny_config(steps=400), tmp_path / "plain", progress=False).train()
+    averaged = AGDTrainer(tiny_config(steps=400, a2c={"actor_average": 0.9}), tmp_path / "averaged", progress=False).train()
+    assert [r["eval_online_return_mean"] for r in averaged] == [r["eval_return_mean"] for r in plain]
+    assert [r["actor_loss"] for r in averaged] == [r["actor_loss"] for r in plain]
+    assert averaged[0]["eval_return_mean"] == averaged[0]["eval_online_return_mean"]  # no update yet: the same actor
+    assert averaged[-1]["eval_return_mean"] != averaged[-1]["eval_online_return_mean"]
+    assert all(r["eval_online_return_mean"] == "" for r in plain)
+
+
 def test_agent_flag_selects_the_ppo_update_and_labels_the_run() -> None:
     config = TrainerConfig.for_task("Walker2d", world_model="oracle", guide="none", agent="ppo")
     assert run_label(config) == "agd-oracle-ppo" and config.a2c_config().epochs == 4
