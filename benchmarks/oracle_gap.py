@@ -12,7 +12,7 @@ s_0. Reported, per step t and over the H-step segment:
 - terminations: the fraction of segments that end in a termination within H, in the dream and in the
   real replay (does the dream hide falls?);
 - advantages: correlation of A_t from the imagined segment with A_t from the real one (the run's critic
-  on both), and how often their signs agree;
+  on both), how often their signs agree, and their spread in each (what a value error is large against);
 - GAE(λ) advantages as the agent's update computes them (from its target critic): their correlation;
 - the critic's value of each s_t, dream minus real, on segments that end in neither (where a guide's tilt
   lands: EAG's state gradient is gamma grad V(s_H) + (gamma - 1) sum_{0<t<H} grad V(s_t), agd_envs/guides.py);
@@ -119,6 +119,7 @@ def gap(agent: A2CAgent, guess: SegmentBatch, real: SegmentBatch, scale: Tensor)
         "return_corr": corr(*returns),
         "terminated_fraction": {"dream": float(guess.terminations[:, -1].double().mean()), "real": float(real.terminations[:, -1].double().mean())},
         "advantage_mean": {"dream": float(adv[0][valid].mean()), "real": float(adv[1][valid].mean())},
+        "advantage_std": {"dream": float(adv[0][valid].std()), "real": float(adv[1][valid].std())},
         "advantage_corr": corr(adv[0][valid], adv[1][valid]),
         "advantage_sign_agreement": float(((adv[0] > 0) == (adv[1] > 0))[valid].double().mean()),
         "gae_advantage_corr": corr(gaes[0][valid], gaes[1][valid]),
