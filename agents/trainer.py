@@ -49,7 +49,7 @@ from agd_envs.training import WorldModelTrainer
 from agd_envs.world_model import WorldModel, WorldModelConfig
 from agents.a2c import A2C_PRESETS, A2CAgent, A2CConfig
 from agents.checkpoint import RunCheckpoint
-from agents.evaluation import evaluate
+from agents.evaluation import Evaluation, evaluate
 from agents.run_log import PHASES, RunLog
 
 IMAGINATION_MODES = ("joint", "closed-loop")
@@ -484,11 +484,13 @@ class AGDTrainer:
 
     def _evaluate_and_log(self, metrics: dict[str, float]) -> None:
         cfg = self.config
+        def run_episodes(averaged: bool | None) -> Evaluation:
+            return evaluate(self.task, lambda obs: self.agent.act(obs, deterministic=True, averaged=averaged), cfg.eval_episodes, seed=10_000 + cfg.seed)
+
         with self._phase("eval"):
-            result = evaluate(self.task, lambda obs: self.agent.act(obs, deterministic=True), cfg.eval_episodes, seed=10_000 + cfg.seed)
-            online = None  # with an averaged actor (A2CConfig.actor_average) the online one is evaluated too, on the same starts
-            if self.agent.averaged_actor is not None:
-                online = evaluate(self.task, lambda obs: self.agent.act(obs, deterministic=True, averaged=False), cfg.eval_episodes, seed=10_000 + cfg.seed)
+            result = run_episodes(None)
+            # With an averaged actor (A2CConfig.actor_average) the online one is evaluated too, on the same starts.
+            online = run_episodes(False) if self.agent.averaged_actor is not None else None
         row = {
             "algo": run_label(cfg), "task": self.task.name, "seed": cfg.seed, "real_steps": self.real_steps,
             "online_steps": self.online_steps,
