@@ -3,41 +3,49 @@
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
-TerminationFn = Callable[[torch.Tensor], torch.Tensor]
+TerminationFn = Callable[..., torch.Tensor]
+"""``fn(obs)`` -> terminated; called as ``fn(obs, margin)`` only when a margin is asked for (``Task.terminated``)."""
 
 
-def _never(obs: torch.Tensor) -> torch.Tensor:
-    """HalfCheetah and Reacher never terminate: ``B x S`` -> ``B`` of False."""
+def _never(obs: torch.Tensor, margin: float = 0.0) -> torch.Tensor:
+    """HalfCheetah and Reacher never terminate: ``B x S`` -> ``B`` of False (whatever the margin)."""
     return torch.zeros(obs.shape[:-1], dtype=torch.bool, device=obs.device)
 
 
-def _inside(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
-    # The v5 envs test health with strict inequalities (low < x < high).
-    return (x > low) & (x < high)
+def _inside(x: torch.Tensor, low: float, high: float, margin: float = 0.0) -> torch.Tensor:
+    """``low < x < high`` (the v5 envs test health with strict inequalities), each finite bound first moved
+    inwards by ``margin`` times its magnitude (0.7 -> 0.77 and 0.2 -> 0.18 at margin 0.1)."""
+    return (x > low + _inset(low, margin)) & (x < high - _inset(high, margin))
 
 
-def hopper_terminated(obs: torch.Tensor) -> torch.Tensor:
-    """Hopper-v5 default health rule on observations ``... x 11`` -> ``...`` bool.
+def _inset(bound: float, margin: float) -> float:
+    """How far ``margin`` moves ``bound`` inwards: ``margin * |bound|``, 0 for an infinite bound (0 * inf is nan)."""
+    return 0.0 if math.isinf(bound) else margin * abs(bound)
+
+
+def hopper_terminated(obs: torch.Tensor, margin: float = 0.0) -> torch.Tensor:
+    """Hopper-v5 default health rule on observations ``... x 11`` -> ``...`` bool (``margin``: see ``Task.terminated``).
 
     The env checks qpos[2:] and the *unclipped* qvel against (-100, 100); the observation holds
     qvel clipped to [-10, 10], so a velocity beyond +-100 (never seen in our 20k-step checks) is the
     one case this function cannot see. Everything else is read exactly from the observation.
     """
     z, angle = obs[..., 0], obs[..., 1]
-    healthy_state = _inside(obs[..., 1:], -100.0, 100.0).all(dim=-1)
-    healthy = healthy_state & _inside(z, 0.7, float("inf")) & _inside(angle, -0.2, 0.2)
+    healthy_state = _inside(obs[..., 1:], -100.0, 100.0, margin).all(dim=-1)
+    healthy = healthy_state & _inside(z, 0.7, float("inf"), margin) & _inside(angle, -0.2, 0.2, margin)
     return ~healthy
 
 
-def walker2d_terminated(obs: torch.Tensor) -> torch.Tensor:
-    """Walker2d-v5 default health rule on observations ``... x 17`` -> ``...`` bool (exact)."""
+def walker2d_terminated(obs: torch.Tensor, margin: float = 0.0) -> torch.Tensor:
+    """Walker2d-v5 default health rule on observations ``... x 17`` -> ``...`` bool (exact at ``margin`` 0)."""
     z, angle = obs[..., 0], obs[..., 1]
-    return ~(_inside(z, 0.8, 2.0) & _inside(angle, -1.0, 1.0))
+    return ~(_inside(z, 0.8, 2.0, margin) & _inside(angle, -1.0, 1.0, margin))
 
 
 @dataclass(frozen=True)
@@ -74,13 +82,20 @@ class Task:
         executed = actions.clamp(self.action_low, self.action_high)
         return -self.ctrl_cost_weight * executed.square().sum(dim=-1)
 
-    def terminated(self, obs: torch.Tensor) -> torch.Tensor:
-        """Apply the termination rule to a batch of observations ``... x S``."""
+    def terminated(self, obs: torch.Tensor, margin: float = 0.0) -> torch.Tensor:
+        """Apply the termination rule to a batch of observations ``... x S``.
+
+        ``margin`` in [0, 1) makes the rule stricter: each finite bound of a healthy interval moves inwards by
+        that fraction of its magnitude (Hopper at 0.15: height above 0.805 instead of 0.7, |angle| below 0.17
+        instead of 0.2), so a state near a fall counts as one. 0 is the real env's rule.
+        """
         if obs.shape[-1] != self.obs_dim:
             raise ValueError(
                 f"{self.name}: observations have last dimension {obs.shape[-1]}, expected {self.obs_dim}"
             )
-        return self.termination_fn(obs)
+        if not 0.0 <= margin < 1.0:
+            raise ValueError(f"{self.name}: termination margin must be in [0, 1) (a fraction of each health bound), got {margin}")
+        return self.termination_fn(obs) if margin == 0.0 else self.termination_fn(obs, margin)
 
 
 TASKS: dict[str, Task] = {

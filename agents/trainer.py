@@ -44,7 +44,7 @@ from agd_envs.distributed import Distributed
 from agd_envs.guides import get_guide
 from agd_envs.oracle import OracleConfig, OracleWorldModel
 from agd_envs.sampling import default_guide_scale, imagine
-from agd_envs.tasks import get_task
+from agd_envs.tasks import Task, get_task
 from agd_envs.training import WorldModelTrainer
 from agd_envs.world_model import WorldModel, WorldModelConfig
 from agents.a2c import A2C_PRESETS, A2CAgent, A2CConfig
@@ -146,6 +146,10 @@ class TrainerConfig:
     in float32). On one thread of a CPU with AVX512-BF16, Hopper EAG imagines 1.6x the transitions/s (~1.2x in a 2-thread run) at 0.015 z step-H deviation from
     float32 (benchmarks/imagination_cost.py --dtypes); on CPUs without native bf16 it is slower. Model and agent updates
     stay float32 (a bf16 world-model loss came out 10x higher)."""
+    termination_margin: float = 0.0
+    """Imagined segments (joint imagination) also end where a state comes within this fraction of a health bound
+    (``Task.terminated``'s margin; Hopper at 0.15: |angle| >= 0.17 or height <= 0.805), so a dreamed near-fall is
+    priced as a fall; 0: the real env's rule. Only tasks that terminate (Hopper, Walker2d) are affected."""
     world_model: str = "diffusion"
     """``diffusion`` (the learned WorldModel) or ``oracle`` (the real simulator, agd_envs.oracle: guide
     ``none`` and joint imagination only; ``model`` overrides other than ``horizon`` are ignored)."""
@@ -164,6 +168,10 @@ class TrainerConfig:
                 raise ValueError(f"guide {self.guide!r}: the oracle world model is not differentiable and serves only guide 'none'")
             if self.imagination != "joint":
                 raise ValueError(f"imagination {self.imagination!r} is not supported with the oracle world model; use 'joint'")
+        if not 0.0 <= self.termination_margin < 1.0:
+            raise ValueError(f"termination_margin must be in [0, 1) (a fraction of each health bound; 0: the real env's rule), got {self.termination_margin}")
+        if self.termination_margin and self.imagination != "joint":
+            raise ValueError("termination_margin applies to joint imagination only; use imagination='joint' or termination_margin=0")
         if self.agent not in A2C_PRESETS:
             raise ValueError(f"agent must be one of {sorted(A2C_PRESETS)} (agents/a2c.py A2C_PRESETS), got {self.agent!r}")
         if self.imagination_dtype not in IMAGINATION_DTYPES:
@@ -396,6 +404,7 @@ class AGDTrainer:
             with self._phase("imagine"), self._imagination_autocast():
                 segments = imagine(self.model, s0, self.agent.actor, self.agent.critic, guide=cfg.guide, alpha=self.guide_scale(),
                                   gamma=self.agent.config.gamma, generator=self._device_generator(), guide_on=cfg.guide_on)  # fmt: skip
+            segments = with_termination_margin(segments, self.task, cfg.termination_margin)
             with self._phase("agent"):
                 stats = self.agent.update(segments)
         else:
@@ -516,6 +525,14 @@ class AGDTrainer:
         }
 
 
+def with_termination_margin(segments: SegmentBatch, task: Task, margin: float) -> SegmentBatch:
+    """``segments`` whose terminations also hold where ``task.terminated(s_{t+1}, margin)`` does (unchanged at margin 0)."""
+    if not margin:
+        return segments
+    near_fall = task.terminated(segments.states[:, 1:], margin).to(segments.terminations.device)
+    return dataclasses.replace(segments, terminations=segments.terminations | near_fall)
+
+
 def recent_rows(dataset: EpisodeDataset, horizon: int, window: int, count: int, generator: torch.Generator) -> torch.Tensor:
     """``count`` rows of ``dataset.segment_starts(horizon)`` drawn uniformly from the episodes holding the last
     ``window`` transitions (episodes are stored in the order they were collected)."""
@@ -553,8 +570,10 @@ def run_label(config: TrainerConfig) -> str:
     ``-anneal<f>`` when the guide scale is annealed to f of it (``alpha_final_fraction``; ``-anneal<f>by<n>k`` when it gets
     there after n thousand online steps, ``alpha_anneal_steps``), and ``-rhead`` when the world
     model predicts rewards with a reward head; ``agd-oracle`` for oracle runs;
-    ``-ppo`` when the agent takes PPO's clipped update (``agd train --agent ppo|zoo``, Hopper's default)."""
-    agent = "-ppo" if config.a2c_config().clip_ratio is not None else ""
+    ``-ppo`` when the agent takes PPO's clipped update (``agd train --agent ppo|zoo``, Hopper's default); ``-margin<m>``
+    last when imagined segments end at near-falls (``termination_margin``)."""
+    agent = ("-ppo" if config.a2c_config().clip_ratio is not None else "") + (
+        f"-margin{config.termination_margin:g}" if config.termination_margin else "")
     if config.world_model == "oracle":
         return "agd-oracle" + agent
     alpha = config.alpha

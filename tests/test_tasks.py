@@ -77,3 +77,22 @@ def test_task_dims_match_real_spaces() -> None:
 def test_terminated_rejects_wrong_width() -> None:
     with pytest.raises(ValueError, match="expected 11"):
         get_task("Hopper").terminated(torch.zeros(4, 17))
+
+
+def test_a_termination_margin_moves_each_health_bound_inwards_by_its_fraction() -> None:
+    hopper, walker = get_task("Hopper"), get_task("Walker2d")
+    obs = torch.zeros(6, 11)
+    obs[:, 0] = torch.tensor([1.25, 0.80, 0.81, 1.25, 1.25, 1.25])  # height: bound 0.7 -> 0.805 at margin 0.15
+    obs[:, 1] = torch.tensor([0.0, 0.0, 0.0, 0.18, -0.169, 0.19])  # angle: bound 0.2 -> 0.17
+    assert hopper.terminated(obs).tolist() == [False] * 6
+    assert hopper.terminated(obs, 0.15).tolist() == [False, True, False, True, False, True]
+    w = torch.zeros(2, 17)
+    w[:, 0] = torch.tensor([1.75, 1.65])  # Walker2d's upper height bound 2.0 -> 1.7
+    assert walker.terminated(w).tolist() == [False, False] and walker.terminated(w, 0.15).tolist() == [True, False]
+    # on real states, a margin only adds terminations, more of them the larger it is
+    real_obs, real_terminated = _rollout_terminations(hopper.env_id, 2000, seed=3)
+    counts = [int(hopper.terminated(torch.as_tensor(real_obs), m).sum()) for m in (0.0, 0.1, 0.2)]
+    assert counts[0] == int(real_terminated.sum()) and counts[0] < counts[1] < counts[2]
+    assert hopper.terminated(torch.as_tensor(real_obs), 0.1)[torch.as_tensor(real_terminated)].all()
+    with pytest.raises(ValueError, match=r"Hopper: termination margin must be in \[0, 1\) \(a fraction of each health bound\), got -0.1"):
+        hopper.terminated(obs, -0.1)

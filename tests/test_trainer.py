@@ -366,3 +366,31 @@ def test_imagination_dtype_autocasts_joint_imagination_only(tmp_path: Path, monk
     if dtype == "bfloat16":
         assert {cast for _, cast in seen} == {torch.bfloat16}
     assert updates and set(updates) == {(False, torch.float32)}
+
+
+def test_a_termination_margin_ends_imagined_segments_at_near_falls_and_names_bad_values(tmp_path: Path) -> None:
+    import torch
+
+    from agd_envs.batch import SegmentBatch
+    from agents.trainer import with_termination_margin
+
+    hopper = get_task("Hopper")
+    states = torch.zeros(3, 3, 11)
+    states[..., 0] = 1.25  # upright
+    states[0, 2, 1] = 0.18  # leaning past 0.2 * (1 - 0.15) = 0.17 at the last step: a near-fall
+    states[1, 1, 0] = 0.8  # below 0.7 * 1.15 = 0.805 at the first step
+    states[2, 1, 1] = -0.16  # inside the stricter band
+    real_end = torch.tensor([[False, False], [False, False], [False, True]])
+    batch = SegmentBatch(states=states, actions=torch.zeros(3, 2, 3), rewards=torch.ones(3, 2), terminations=real_end)
+    assert with_termination_margin(batch, hopper, 0.0) is batch
+    marked = with_termination_margin(batch, hopper, 0.15).terminations
+    assert marked.tolist() == [[False, True], [True, False], [False, True]]  # the sampler's rule ORed in, real ends kept
+    cheetah = dataclasses.replace(batch, states=torch.full((3, 3, 17), 5.0), actions=torch.zeros(3, 2, 6))
+    assert with_termination_margin(cheetah, get_task("HalfCheetah"), 0.15).terminations.tolist() == real_end.tolist()  # never terminates
+    config = TrainerConfig.for_task("Hopper", guide="none", termination_margin=0.15)
+    assert run_label(config) == "agd-none-ppo-margin0.15"
+    assert run_label(dataclasses.replace(config, world_model="oracle")) == "agd-oracle-ppo-margin0.15"
+    with pytest.raises(ValueError, match=r"termination_margin must be in \[0, 1\) \(a fraction of each health bound; 0: the real env's rule\), got 1.2"):
+        tiny_config(termination_margin=1.2)
+    with pytest.raises(ValueError, match="termination_margin applies to joint imagination only"):
+        tiny_config(termination_margin=0.1, imagination="closed-loop")
