@@ -17,7 +17,12 @@ s_0. Reported, per step t and over the H-step segment:
 - the critic's value of each s_t, dream minus real, on segments that end in neither (where a guide's tilt
   lands: EAG's state gradient is gamma grad V(s_H) + (gamma - 1) sum_{0<t<H} grad V(s_t), agd_envs/guides.py);
 - the policy gradient: cosine between the actor's A2C gradient (GAE advantages) on the imagined batch
-  and on the real replay of it (1: the dream points the update where reality does; 0: no information).
+  and on the real replay of it (1: the dream points the update where reality does; 0: no information), and
+  beside it the same cosine between the real replay and an independent real batch (the policy in the simulator
+  from other start states): what one batch's gradient agrees with when the model is perfect;
+- falls (``--margins``): the GAE advantages' spread on the real segments with and without the ones that fall
+  (how much of the real update's signal is "do not fall"), and for each margin the fraction of dreamed segments
+  that ``Task.terminated(s, margin)`` ends and how many of the real falls are among them.
 
 Run (repo root):
     python3 benchmarks/oracle_gap.py RUN [RUN ...] --name oracle_gap_halfcheetah
@@ -28,6 +33,7 @@ Run (repo root):
     python3 benchmarks/oracle_gap.py RUN --alphas 0 0.1 --guides eag sag reward   # ... and under each guide
     python3 benchmarks/oracle_gap.py RUN --alphas 0.1 --min-guide-noise 0.01 0.1 0.5   # guide at fewer denoising steps
     python3 benchmarks/oracle_gap.py RUN --alphas 0.1 --max-shift 3 0.3 0.1   # the guide's shift clipped tighter
+    python3 benchmarks/oracle_gap.py RUN --run-starts --margins 0 0.1 0.15 0.2   # starts as the run's trainer draws them; near-falls
 """
 
 from __future__ import annotations
@@ -54,7 +60,7 @@ from agd_envs.training import WorldModelTrainer
 from agd_envs.world_model import WorldModel, WorldModelConfig
 from agents.a2c import A2CAgent
 from agents.returns import alive_mask
-from agents.trainer import agent_from_run
+from agents.trainer import agent_from_run, recent_rows
 
 try:
     from benchmarks._common import write_result
@@ -98,8 +104,29 @@ def corr(x: Tensor, y: Tensor) -> float:
     return float(np.corrcoef(x.double().numpy(), y.double().numpy())[0, 1])
 
 
-def gap(agent: A2CAgent, guess: SegmentBatch, real: SegmentBatch, scale: Tensor) -> dict[str, object]:
-    """The module docstring's measures of ``guess`` against the ``real`` replay of its actions."""
+def independent_cosine(agent: A2CAgent, other: SegmentBatch, reference: Tensor) -> float:
+    """Cosine between the policy gradient on the real batch ``other`` and ``reference`` (another real batch's)."""
+    with torch.no_grad():
+        gae = gae_advantages(agent, other.states, other.rewards, other.terminations)
+    grad = policy_gradient(agent, other.states, other.actions, gae, alive_mask(other.terminations))
+    return float(torch.nn.functional.cosine_similarity(grad, reference, dim=0))
+
+
+def near_falls(task: Task, dream: SegmentBatch, real: SegmentBatch, margins: list[float]) -> list[dict[str, float]]:
+    """For each margin: the fraction of dreamed segments ``task.terminated(s, margin)`` ends, and of the real
+    replay's falls how many are among them."""
+    fell = real.terminations[:, -1]
+    rows = []
+    for margin in margins:
+        flagged = task.terminated(dream.states[:, 1:], margin).any(1)
+        rows.append({"margin": margin, "dream_fraction": float(flagged.double().mean()), "real_falls": int(fell.sum()),
+                     "real_falls_flagged": int((flagged & fell).sum())})
+    return rows
+
+
+def gap(agent: A2CAgent, guess: SegmentBatch, real: SegmentBatch, scale: Tensor, other: SegmentBatch | None = None) -> dict[str, object]:
+    """The module docstring's measures of ``guess`` against the ``real`` replay of its actions (with ``other``, an
+    independent real batch, also the cosine of its policy gradient with the replay's)."""
     actions = guess.actions
     valid = alive_mask(real.terminations) & alive_mask(guess.terminations)
     state_rmse = ((guess.states - real.states) / scale).square().mean(-1).sqrt()  # B x (H+1)
@@ -124,6 +151,9 @@ def gap(agent: A2CAgent, guess: SegmentBatch, real: SegmentBatch, scale: Tensor)
         "advantage_sign_agreement": float(((adv[0] > 0) == (adv[1] > 0))[valid].double().mean()),
         "gae_advantage_corr": corr(gaes[0][valid], gaes[1][valid]),
         "policy_gradient_cosine": float(torch.nn.functional.cosine_similarity(*grads, dim=0)),
+        **({} if other is None else {"policy_gradient_cosine_independent_real": independent_cosine(agent, other, grads[1])}),
+        "gae_advantage_std": {"dream": float(gaes[0][valid].std()), "real": float(gaes[1][valid].std()),
+                              "real_without_falls": float(gaes[1][valid & ~real.terminations[:, -1:]].std())},
         "value_bias_per_step": [round(float(v), 3) for v in (values[0] - values[1]).mean(0)],
         "value_real_per_step": [round(float(v), 3) for v in values[1].mean(0)],
     }
@@ -152,31 +182,41 @@ def mlp_segments(prior: DynamicsPrior, norm: Normalizer, task: Task, s0: Tensor,
 
 def measure(run: Path, starts: int, seed: int, model: WorldModel | None = None, mlp_updates: int = 0,
             alpha: float | None = None, min_guide_noise: float = DEFAULT_MIN_GUIDE_NOISE,
-            max_shift: float = DEFAULT_MAX_SHIFT, guide: str = "eag", guide_on: str = "states") -> dict[str, object]:
+            max_shift: float = DEFAULT_MAX_SHIFT, guide: str = "eag", guide_on: str = "states", run_starts: bool = False,
+            margins: list[float] | None = None) -> dict[str, object]:
     """The gap between the run's dream (or ``model``'s) and the real simulator (see the module docstring);
     with ``mlp_updates``, also a one-step MLP's (``fit_one_step_mlp``) under the same actions, as ``"one_step_mlp"``;
     with ``alpha``, the dream is guided by ``guide`` at that scale (0: unguided) instead of the run's guide; the guide acts
     only at denoising steps with 1 - alpha_bar_t >= ``min_guide_noise``, its shift clipped to +-``max_shift`` z, and moves
-    ``guide_on`` (``states``, or ``actions``: the policy's sampling noise)."""
+    ``guide_on`` (``states``, or ``actions``: the policy's sampling noise); ``run_starts``: start states from the run's
+    ``start_window`` as its trainer draws them (else the whole dataset); ``margins``: the near-fall measures
+    (``near_falls``) and an independent real batch for the policy gradient's noise floor."""
     config, agent = agent_from_run(run)
     if alpha is not None:
         config.guide, config.alpha = (guide, alpha) if alpha > 0 else ("none", None)
     model = model if model is not None else WorldModel.load(run / "checkpoint" / "model")
     data = EpisodeDataset.open(run / "data", task=config.task)
     gen = torch.Generator().manual_seed(seed)
-    s0 = data.sample_segments(starts, model.config.horizon, generator=gen).states[:, 0]
+    window = config.start_window if run_starts else None
+    pool = 2 * starts if margins is not None else starts
+    rows = None if window is None else recent_rows(data, model.config.horizon, window, pool, gen)
+    s0_all = data.sample_segments(pool, model.config.horizon, generator=gen, indices=rows).states[:, 0]
+    s0 = s0_all[:starts]
     critic = agent.critic if config.guide in ("eag", "sag") else None
     dream: SegmentBatch = imagine(model, s0, agent.actor, critic, guide=config.guide, alpha=config.alpha, generator=gen,
                                   min_guide_noise=min_guide_noise, max_shift=max_shift, guide_on=guide_on)
     oracle = OracleWorldModel(config.task)
     states, rewards, done = replay(oracle, s0, dream.actions)
     real = SegmentBatch(states=states, actions=dream.actions, rewards=rewards, terminations=done)
+    other = None if margins is None else imagine(oracle, s0_all[starts:], agent.actor, None, guide="none", generator=gen)
     oracle.close()
     scale = torch.as_tensor(np.asarray(data.statistics().obs_std), dtype=torch.float32)
     row: dict[str, object] = {"run": str(run), "task": config.task, "guide": config.guide, "alpha": config.alpha,
-                              "guide_on": guide_on, "min_guide_noise": min_guide_noise, "max_shift": max_shift, "dataset_steps": int(data.num_steps),
+                              "guide_on": guide_on, "start_window": window, "min_guide_noise": min_guide_noise, "max_shift": max_shift, "dataset_steps": int(data.num_steps),
                               "world_model": {k: v for k, v in model.config.to_dict().items() if k in ("dynamics_prior", "delta_states", "anchor_states")}}  # fmt: skip
-    row |= gap(agent, dream, real, scale)
+    row |= gap(agent, dream, real, scale, other)
+    if margins is not None:
+        row["near_falls"] = near_falls(model.task, dream, real, margins)
     row["action_saturation"] = float((dream.actions.abs() >= 1.0).double().mean())
     if mlp_updates:
         start = time.perf_counter()
@@ -223,6 +263,10 @@ def main() -> None:
                         help="guide only at denoising steps with 1 - alpha_bar_t >= this; several values: one row each")
     parser.add_argument("--max-shift", type=float, nargs="*", default=[DEFAULT_MAX_SHIFT],
                         help="clip the guide's shift per entry to +- this many z units; several values: one row each")
+    parser.add_argument("--run-starts", action="store_true",
+                        help="draw start states as the run's trainer does (its start_window of newest transitions), not from the whole dataset")
+    parser.add_argument("--margins", type=float, nargs="*", default=None,
+                        help="near-fall measures at these termination margins (Task.terminated), and an independent real batch's policy-gradient cosine")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=JSON",
                         help="with --fit-updates: WorldModelConfig overrides of the fresh model, e.g. width=512 delta_states=true")
     args = parser.parse_args()
@@ -233,7 +277,7 @@ def main() -> None:
     else:
         alphas = args.alphas or [None]
         rows = [measure(run, args.starts, seed, mlp_updates=args.mlp_updates, alpha=a, min_guide_noise=m, max_shift=c,
-                        guide=g, guide_on=o) | {"seed": seed}
+                        guide=g, guide_on=o, run_starts=args.run_starts, margins=args.margins) | {"seed": seed}
                 for run in args.runs for seed in args.seed for a in alphas for g in (args.guides if a else ["none"])
                 for o in (args.guide_on if a else ["states"]) for m in args.min_guide_noise for c in args.max_shift]
     write_result(args.name, {"starts": args.starts, "runs": rows})
