@@ -25,7 +25,8 @@ def _inside(x: torch.Tensor, low: float, high: float, margin: float = 0.0) -> to
 
 
 def _inset(bound: float, margin: float) -> float:
-    """How far ``margin`` moves ``bound`` inwards: ``margin * |bound|``, 0 for an infinite bound (0 * inf is nan)."""
+    """How far ``margin`` moves ``bound`` inwards (outwards if negative): ``margin * |bound|``, 0 for an infinite
+    bound (0 * inf is nan)."""
     return 0.0 if math.isinf(bound) else margin * abs(bound)
 
 
@@ -87,14 +88,15 @@ class Task:
 
         ``margin`` in [0, 1) makes the rule stricter: each finite bound of a healthy interval moves inwards by
         that fraction of its magnitude (Hopper at 0.15: height above 0.805 instead of 0.7, |angle| below 0.17
-        instead of 0.2), so a state near a fall counts as one. 0 is the real env's rule.
+        instead of 0.2), so a state near a fall counts as one. 0 is the real env's rule. A margin in [-1, 0) moves
+        the bounds outwards (Hopper at -1: height above 0, |angle| below 0.4), so most falls go unseen: a diagnostic.
         """
         if obs.shape[-1] != self.obs_dim:
             raise ValueError(
                 f"{self.name}: observations have last dimension {obs.shape[-1]}, expected {self.obs_dim}"
             )
-        if not 0.0 <= margin < 1.0:
-            raise ValueError(f"{self.name}: termination margin must be in [0, 1) (a fraction of each health bound), got {margin}")
+        if not -1.0 <= margin < 1.0:
+            raise ValueError(f"{self.name}: termination margin must be in [-1, 1) (a fraction of each health bound), got {margin}")
         return self.termination_fn(obs) if margin == 0.0 else self.termination_fn(obs, margin)
 
 

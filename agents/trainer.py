@@ -149,7 +149,9 @@ class TrainerConfig:
     termination_margin: float = 0.0
     """Imagined segments (joint imagination) also end where a state comes within this fraction of a health bound
     (``Task.terminated``'s margin; Hopper at 0.15: |angle| >= 0.17 or height <= 0.805), so a dreamed near-fall is
-    priced as a fall; 0: the real env's rule. Only tasks that terminate (Hopper, Walker2d) are affected."""
+    priced as a fall; 0: the real env's rule. Negative (down to -1): the segments end only where the loosened rule
+    says (Hopper at -1: |angle| >= 0.4), so the learner sees few falls even on the oracle, a diagnostic of what falls
+    are worth to it. Only tasks that terminate (Hopper, Walker2d) are affected."""
     world_model: str = "diffusion"
     """``diffusion`` (the learned WorldModel) or ``oracle`` (the real simulator, agd_envs.oracle: guide
     ``none`` and joint imagination only; ``model`` overrides other than ``horizon`` are ignored)."""
@@ -168,8 +170,8 @@ class TrainerConfig:
                 raise ValueError(f"guide {self.guide!r}: the oracle world model is not differentiable and serves only guide 'none'")
             if self.imagination != "joint":
                 raise ValueError(f"imagination {self.imagination!r} is not supported with the oracle world model; use 'joint'")
-        if not 0.0 <= self.termination_margin < 1.0:
-            raise ValueError(f"termination_margin must be in [0, 1) (a fraction of each health bound; 0: the real env's rule), got {self.termination_margin}")
+        if not -1.0 <= self.termination_margin < 1.0:
+            raise ValueError(f"termination_margin must be in [-1, 1) (a fraction of each health bound; 0: the real env's rule), got {self.termination_margin}")
         if self.termination_margin and self.imagination != "joint":
             raise ValueError("termination_margin applies to joint imagination only; use imagination='joint' or termination_margin=0")
         if self.agent not in A2C_PRESETS:
@@ -526,11 +528,12 @@ class AGDTrainer:
 
 
 def with_termination_margin(segments: SegmentBatch, task: Task, margin: float) -> SegmentBatch:
-    """``segments`` whose terminations also hold where ``task.terminated(s_{t+1}, margin)`` does (unchanged at margin 0)."""
+    """``segments`` whose terminations are ``task.terminated(s_{t+1}, margin)``: added to their own where ``margin`` > 0,
+    in place of them where it is < 0 (a looser rule hides falls); unchanged at 0."""
     if not margin:
         return segments
-    near_fall = task.terminated(segments.states[:, 1:], margin).to(segments.terminations.device)
-    return dataclasses.replace(segments, terminations=segments.terminations | near_fall)
+    rule = task.terminated(segments.states[:, 1:], margin).to(segments.terminations.device)
+    return dataclasses.replace(segments, terminations=segments.terminations | rule if margin > 0 else rule)
 
 
 def recent_rows(dataset: EpisodeDataset, horizon: int, window: int, count: int, generator: torch.Generator) -> torch.Tensor:

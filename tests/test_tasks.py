@@ -94,5 +94,7 @@ def test_a_termination_margin_moves_each_health_bound_inwards_by_its_fraction() 
     counts = [int(hopper.terminated(torch.as_tensor(real_obs), m).sum()) for m in (0.0, 0.1, 0.2)]
     assert counts[0] == int(real_terminated.sum()) and counts[0] < counts[1] < counts[2]
     assert hopper.terminated(torch.as_tensor(real_obs), 0.1)[torch.as_tensor(real_terminated)].all()
-    with pytest.raises(ValueError, match=r"Hopper: termination margin must be in \[0, 1\) \(a fraction of each health bound\), got -0.1"):
-        hopper.terminated(obs, -0.1)
+    loose = hopper.terminated(torch.as_tensor(real_obs), -1.0)  # bounds outwards: |angle| < 0.4, height > 0
+    assert int(loose.sum()) < counts[0] and not loose[~torch.as_tensor(real_terminated)].any()
+    with pytest.raises(ValueError, match=r"Hopper: termination margin must be in \[-1, 1\) \(a fraction of each health bound\), got -1.5"):
+        hopper.terminated(obs, -1.5)

@@ -390,7 +390,9 @@ def test_a_termination_margin_ends_imagined_segments_at_near_falls_and_names_bad
     config = TrainerConfig.for_task("Hopper", guide="none", termination_margin=0.15)
     assert run_label(config) == "agd-none-ppo-margin0.15"
     assert run_label(dataclasses.replace(config, world_model="oracle")) == "agd-oracle-ppo-margin0.15"
-    with pytest.raises(ValueError, match=r"termination_margin must be in \[0, 1\) \(a fraction of each health bound; 0: the real env's rule\), got 1.2"):
+    hidden = with_termination_margin(batch, hopper, -1.0).terminations  # |angle| < 0.4, height > 0: no falls left
+    assert not hidden.any()
+    with pytest.raises(ValueError, match=r"termination_margin must be in \[-1, 1\) \(a fraction of each health bound; 0: the real env's rule\), got 1.2"):
         tiny_config(termination_margin=1.2)
     with pytest.raises(ValueError, match="termination_margin applies to joint imagination only"):
         tiny_config(termination_margin=0.1, imagination="closed-loop")
