@@ -22,6 +22,10 @@ s_0. Reported, per step t and over the H-step segment:
   and on the real replay of it (1: the dream points the update where reality does; 0: no information), and
   beside it the same cosine between the real replay and an independent real batch (the policy in the simulator
   from other start states): what one batch's gradient agrees with when the model is perfect;
+- the first action's advantage (``--first-action``): A_0 of each dreamed segment against A_0 of the simulator from
+  the same s_0 and a_0 with the policy acting closed loop after it (the advantage the learner estimates), from the
+  first k steps of each (k = 1, 3, 5, H); beside it, the correlation between two such closed-loop rollouts with
+  different policy noise, the most any estimate from one rollout can reach;
 - falls (``--margins``): the GAE advantages' spread on the real replay with and without the segments that fall
   and on the independent closed-loop batch, and for each margin the fraction of dreamed segments that
   ``Task.terminated(s, margin)`` ends and how many of the replay's falls are among them.
@@ -36,6 +40,7 @@ Run (repo root):
     python3 benchmarks/oracle_gap.py RUN --alphas 0.1 --min-guide-noise 0.01 0.1 0.5   # guide at fewer denoising steps
     python3 benchmarks/oracle_gap.py RUN --alphas 0.1 --max-shift 3 0.3 0.1   # the guide's shift clipped tighter
     python3 benchmarks/oracle_gap.py RUN --run-starts --margins 0 0.1 0.15 0.2   # starts as the run's trainer draws them; near-falls
+    python3 benchmarks/oracle_gap.py RUN --run-starts --first-action   # the advantage the learner estimates, dream against closed loop
 """
 
 from __future__ import annotations
@@ -118,6 +123,30 @@ def closed_loop(agent: A2CAgent, other: SegmentBatch, reference: Tensor) -> dict
             "gae_advantage_std_closed_loop_real": float(gae[valid].std())}
 
 
+def after_first_action(oracle: OracleWorldModel, s0: Tensor, a0: Tensor, actor: object, horizon: int,
+                       generator: torch.Generator) -> SegmentBatch:
+    """The simulator from ``s0`` under the fixed first actions ``a0``, then ``actor`` closed loop for ``horizon`` - 1 steps."""
+    s1, r0, d0 = oracle.step(s0, a0)
+    rest = oracle.rollout(s1, actor, horizon - 1, generator)
+    return SegmentBatch(states=torch.cat([s0[:, None], rest.states], 1), actions=torch.cat([a0[:, None], rest.actions], 1),
+                        rewards=torch.cat([r0[:, None], torch.where(d0[:, None], 0.0, rest.rewards)], 1),
+                        terminations=torch.cat([d0[:, None], rest.terminations | d0[:, None]], 1))
+
+
+def first_action_advantages(agent: A2CAgent, oracle: OracleWorldModel, dream: SegmentBatch, seed: int) -> dict[str, dict[str, float]]:
+    """Correlation of the dream's A_0 with the simulator's (same s_0 and a_0, then the policy closed loop), and of two
+    closed-loop rollouts' with each other, from the first k steps of each segment."""
+    horizon = dream.actions.shape[1]
+    reals = [after_first_action(oracle, dream.states[:, 0], dream.actions[:, 0], agent.actor, horizon,
+                                torch.Generator().manual_seed(seed + 1000 * i)) for i in (1, 2)]
+    out = {}
+    for k in sorted({1, 3, 5, horizon} & set(range(1, horizon + 1))):
+        with torch.no_grad():
+            a0 = [gae_advantages(agent, x.states[:, :k + 1], x.rewards[:, :k], x.terminations[:, :k])[:, 0] for x in (dream, *reals)]
+        out[str(k)] = {"dream_vs_real": corr(a0[0], a0[1]), "real_vs_real": corr(a0[1], a0[2])}
+    return out
+
+
 def near_falls(task: Task, dream: SegmentBatch, real: SegmentBatch, margins: list[float]) -> list[dict[str, float]]:
     """For each margin: the fraction of dreamed segments ``task.terminated(s, margin)`` ends, and of the real
     replay's falls how many are among them."""
@@ -189,14 +218,15 @@ def mlp_segments(prior: DynamicsPrior, norm: Normalizer, task: Task, s0: Tensor,
 def measure(run: Path, starts: int, seed: int, model: WorldModel | None = None, mlp_updates: int = 0,
             alpha: float | None = None, min_guide_noise: float = DEFAULT_MIN_GUIDE_NOISE,
             max_shift: float = DEFAULT_MAX_SHIFT, guide: str = "eag", guide_on: str = "states", run_starts: bool = False,
-            margins: list[float] | None = None) -> dict[str, object]:
+            margins: list[float] | None = None, first_action: bool = False) -> dict[str, object]:
     """The gap between the run's dream (or ``model``'s) and the real simulator (see the module docstring);
     with ``mlp_updates``, also a one-step MLP's (``fit_one_step_mlp``) under the same actions, as ``"one_step_mlp"``;
     with ``alpha``, the dream is guided by ``guide`` at that scale (0: unguided) instead of the run's guide; the guide acts
     only at denoising steps with 1 - alpha_bar_t >= ``min_guide_noise``, its shift clipped to +-``max_shift`` z, and moves
     ``guide_on`` (``states``, or ``actions``: the policy's sampling noise); ``run_starts``: start states from the run's
     ``start_window`` as its trainer draws them (else the whole dataset); ``margins``: the near-fall measures
-    (``near_falls``) and an independent real batch for the policy gradient's noise floor."""
+    (``near_falls``) and an independent real batch for the policy gradient's noise floor; ``first_action``: the first
+    action's advantage in the dream against the simulator's (``first_action_advantages``)."""
     config, agent = agent_from_run(run)
     if alpha is not None:
         config.guide, config.alpha = (guide, alpha) if alpha > 0 else ("none", None)
@@ -215,6 +245,7 @@ def measure(run: Path, starts: int, seed: int, model: WorldModel | None = None, 
     states, rewards, done = replay(oracle, s0, dream.actions)
     real = SegmentBatch(states=states, actions=dream.actions, rewards=rewards, terminations=done)
     other = None if margins is None else imagine(oracle, s0_all[starts:], agent.actor, None, guide="none", generator=gen)
+    first = first_action_advantages(agent, oracle, dream, seed) if first_action else None
     oracle.close()
     scale = torch.as_tensor(np.asarray(data.statistics().obs_std), dtype=torch.float32)
     row: dict[str, object] = {"run": str(run), "task": config.task, "guide": config.guide, "alpha": config.alpha,
@@ -223,6 +254,8 @@ def measure(run: Path, starts: int, seed: int, model: WorldModel | None = None, 
     row |= gap(agent, dream, real, scale, other)
     if margins is not None:
         row["near_falls"] = near_falls(model.task, dream, real, margins)
+    if first:
+        row["first_action_advantage_corr"] = first
     row["action_saturation"] = float((dream.actions.abs() >= 1.0).double().mean())
     if mlp_updates:
         start = time.perf_counter()
@@ -273,6 +306,8 @@ def main() -> None:
                         help="draw start states as the run's trainer does (its start_window of newest transitions), not from the whole dataset")
     parser.add_argument("--margins", type=float, nargs="*", default=None,
                         help="near-fall measures at these termination margins (Task.terminated), and an independent real batch's policy-gradient cosine")
+    parser.add_argument("--first-action", action="store_true",
+                        help="the first action's advantage in the dream against the simulator's with the policy closed loop after it")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=JSON",
                         help="with --fit-updates: WorldModelConfig overrides of the fresh model, e.g. width=512 delta_states=true")
     args = parser.parse_args()
@@ -283,7 +318,8 @@ def main() -> None:
     else:
         alphas = args.alphas or [None]
         rows = [measure(run, args.starts, seed, mlp_updates=args.mlp_updates, alpha=a, min_guide_noise=m, max_shift=c,
-                        guide=g, guide_on=o, run_starts=args.run_starts, margins=args.margins) | {"seed": seed}
+                        guide=g, guide_on=o, run_starts=args.run_starts, margins=args.margins,
+                        first_action=args.first_action) | {"seed": seed}
                 for run in args.runs for seed in args.seed for a in alphas for g in (args.guides if a else ["none"])
                 for o in (args.guide_on if a else ["states"]) for m in args.min_guide_noise for c in args.max_shift]
     write_result(args.name, {"starts": args.starts, "runs": rows})
