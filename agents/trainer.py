@@ -152,6 +152,10 @@ class TrainerConfig:
     priced as a fall; 0: the real env's rule. Negative (down to -1): the segments end only where the loosened rule
     says (Hopper at -1: |angle| >= 0.4), so the learner sees few falls even on the oracle, a diagnostic of what falls
     are worth to it. Only tasks that terminate (Hopper, Walker2d) are affected."""
+    update_horizon: int | None = None
+    """The agent updates on the first ``update_horizon`` steps of each imagined segment (joint imagination), bootstrapping
+    from the critic there; None: all H. On Hopper at 100k the dream's first-action advantage tracks the simulator's
+    over 1-5 steps and loses it over 10 (docs/results.md, "The advantage the learner estimates")."""
     world_model: str = "diffusion"
     """``diffusion`` (the learned WorldModel) or ``oracle`` (the real simulator, agd_envs.oracle: guide
     ``none`` and joint imagination only; ``model`` overrides other than ``horizon`` are ignored)."""
@@ -174,6 +178,8 @@ class TrainerConfig:
             raise ValueError(f"termination_margin must be in [-1, 1) (a fraction of each health bound; 0: the real env's rule), got {self.termination_margin}")
         if self.termination_margin and self.imagination != "joint":
             raise ValueError("termination_margin applies to joint imagination only; use imagination='joint' or termination_margin=0")
+        if self.update_horizon is not None and (self.update_horizon < 1 or self.imagination != "joint"):
+            raise ValueError(f"update_horizon must be a positive number of steps with imagination='joint' (null: the whole segment), got {self.update_horizon}")
         if self.agent not in A2C_PRESETS:
             raise ValueError(f"agent must be one of {sorted(A2C_PRESETS)} (agents/a2c.py A2C_PRESETS), got {self.agent!r}")
         if self.imagination_dtype not in IMAGINATION_DTYPES:
@@ -406,7 +412,7 @@ class AGDTrainer:
             with self._phase("imagine"), self._imagination_autocast():
                 segments = imagine(self.model, s0, self.agent.actor, self.agent.critic, guide=cfg.guide, alpha=self.guide_scale(),
                                   gamma=self.agent.config.gamma, generator=self._device_generator(), guide_on=cfg.guide_on)  # fmt: skip
-            segments = with_termination_margin(segments, self.task, cfg.termination_margin)
+            segments = first_steps(with_termination_margin(segments, self.task, cfg.termination_margin), cfg.update_horizon)
             with self._phase("agent"):
                 stats = self.agent.update(segments)
         else:
@@ -536,6 +542,18 @@ def with_termination_margin(segments: SegmentBatch, task: Task, margin: float) -
     return dataclasses.replace(segments, terminations=segments.terminations | rule if margin > 0 else rule)
 
 
+def first_steps(segments: SegmentBatch, steps: int | None) -> SegmentBatch:
+    """The first ``steps`` transitions of each segment (all of them for None)."""
+    if steps is None:
+        return segments
+    if steps > segments.actions.shape[1]:
+        raise ValueError(f"update_horizon={steps} is longer than the imagined segments ({segments.actions.shape[1]} steps); "
+                         "use at most the world model's horizon, or null")
+    cut = lambda x: None if x is None else x[:, :steps]  # noqa: E731
+    return dataclasses.replace(segments, states=segments.states[:, :steps + 1], actions=cut(segments.actions), rewards=cut(segments.rewards),
+                               terminations=cut(segments.terminations), advantages=cut(segments.advantages))
+
+
 def recent_rows(dataset: EpisodeDataset, horizon: int, window: int, count: int, generator: torch.Generator) -> torch.Tensor:
     """``count`` rows of ``dataset.segment_starts(horizon)`` drawn uniformly from the episodes holding the last
     ``window`` transitions (episodes are stored in the order they were collected)."""
@@ -574,9 +592,11 @@ def run_label(config: TrainerConfig) -> str:
     there after n thousand online steps, ``alpha_anneal_steps``), and ``-rhead`` when the world
     model predicts rewards with a reward head; ``agd-oracle`` for oracle runs;
     ``-ppo`` when the agent takes PPO's clipped update (``agd train --agent ppo|zoo``, Hopper's default); ``-margin<m>``
-    last when imagined segments end at near-falls (``termination_margin``)."""
+    when imagined segments end at near-falls (``termination_margin``) and ``-first<k>`` when the agent updates on their
+    first k steps (``update_horizon``), last."""
     agent = ("-ppo" if config.a2c_config().clip_ratio is not None else "") + (
-        f"-margin{config.termination_margin:g}" if config.termination_margin else "")
+        f"-margin{config.termination_margin:g}" if config.termination_margin else "") + (
+        f"-first{config.update_horizon}" if config.update_horizon is not None else "")
     if config.world_model == "oracle":
         return "agd-oracle" + agent
     alpha = config.alpha

@@ -396,3 +396,35 @@ def test_a_termination_margin_ends_imagined_segments_at_near_falls_and_names_bad
         tiny_config(termination_margin=1.2)
     with pytest.raises(ValueError, match="termination_margin applies to joint imagination only"):
         tiny_config(termination_margin=0.1, imagination="closed-loop")
+
+
+def test_update_horizon_gives_the_agent_the_first_steps_of_each_imagined_segment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from agd_envs.batch import SegmentBatch
+    from agents.a2c import A2CAgent
+    from agents.trainer import first_steps
+
+    states = torch.arange(2 * 4 * 3, dtype=torch.float32).reshape(2, 4, 3)
+    batch = SegmentBatch(states=states, actions=torch.ones(2, 3, 1), rewards=torch.arange(6.0).reshape(2, 3),
+                         terminations=torch.tensor([[False, True, False], [False, False, False]]))
+    assert first_steps(batch, None) is batch
+    cut = first_steps(batch, 2)
+    assert cut.states.tolist() == states[:, :3].tolist() and cut.rewards.tolist() == [[0.0, 1.0], [3.0, 4.0]]
+    assert cut.terminations.tolist() == [[False, True], [False, False]] and cut.actions.shape == (2, 2, 1) and cut.advantages is None
+    with pytest.raises(ValueError, match=r"update_horizon=4 is longer than the imagined segments \(3 steps\)"):
+        first_steps(batch, 4)
+    seen: list[int] = []
+    original = A2CAgent.update
+
+    def recording_update(self, segments):
+        seen.append(segments.actions.shape[1])
+        return original(self, segments)
+
+    monkeypatch.setattr(A2CAgent, "update", recording_update)
+    trainer = AGDTrainer(tiny_config(update_horizon=2), tmp_path / "run", progress=False)
+    trainer.iteration()
+    assert seen and set(seen) == {2}
+    assert run_label(tiny_config(update_horizon=2)) == "agd-eag-first2"
+    with pytest.raises(ValueError, match=r"update_horizon must be a positive number of steps with imagination='joint' \(null: the whole segment\), got 0"):
+        tiny_config(update_horizon=0)
