@@ -265,6 +265,7 @@ class AGDTrainer:
         )  # fmt: skip
         self.ranks.average_gradients([*self.agent.actor.parameters(), *self.agent.critic.parameters()])
         self.model = self._build_model()
+        check_update_horizon(config.update_horizon, self.model.config.horizon)  # before the prefill and pretraining, not at the first update
         # The world model's optimizer and EMA update; the oracle has nothing to fit.
         self.model_trainer = WorldModelTrainer(self.model, self.ranks) if isinstance(self.model, WorldModel) else None
         self.online_steps, self.start_time, self.elapsed_before = 0, time.perf_counter(), 0.0
@@ -542,13 +543,18 @@ def with_termination_margin(segments: SegmentBatch, task: Task, margin: float) -
     return dataclasses.replace(segments, terminations=segments.terminations | rule if margin > 0 else rule)
 
 
+def check_update_horizon(steps: int | None, horizon: int) -> None:
+    """Raise if ``update_horizon`` ``steps`` is longer than imagined segments of ``horizon`` steps."""
+    if steps is not None and steps > horizon:
+        raise ValueError(f"update_horizon={steps} is longer than the imagined segments ({horizon} steps); "
+                         "use at most the world model's horizon, or null")
+
+
 def first_steps(segments: SegmentBatch, steps: int | None) -> SegmentBatch:
     """The first ``steps`` transitions of each segment (all of them for None)."""
     if steps is None:
         return segments
-    if steps > segments.actions.shape[1]:
-        raise ValueError(f"update_horizon={steps} is longer than the imagined segments ({segments.actions.shape[1]} steps); "
-                         "use at most the world model's horizon, or null")
+    check_update_horizon(steps, segments.actions.shape[1])
     cut = lambda x: None if x is None else x[:, :steps]  # noqa: E731
     return dataclasses.replace(segments, states=segments.states[:, :steps + 1], actions=cut(segments.actions), rewards=cut(segments.rewards),
                                terminations=cut(segments.terminations), advantages=cut(segments.advantages))
