@@ -88,6 +88,7 @@ class RealEnvCollector:
         self._obs: np.ndarray | None = None
         self._buffers = [_EpisodeBuffer() for _ in range(num_envs)]
         self.total_steps = 0
+        self.episode_returns: list[float] = []  # undiscounted return of each episode finished, in order (not checkpointed)
         self._dataset: EpisodeDataset | None = None  # the last refit's read; the next one adds only new episodes
 
     def scripted_policy(self, name: str) -> Policy:
@@ -178,6 +179,7 @@ class RealEnvCollector:
 
     def _write(self, buffer: _EpisodeBuffer, terminated: bool, truncated: bool) -> None:
         n = len(buffer.actions)
+        self.episode_returns.append(float(np.sum(buffer.rewards)))
         terminations = np.zeros(n, dtype=bool)
         truncations = np.zeros(n, dtype=bool)
         terminations[-1] = terminated

@@ -15,11 +15,12 @@ REQUIRED_COLUMNS = (
 """CSV columns shared by ``agd train`` and ``agd baseline``, the ones ``agd plot``/``agd table`` need."""
 PHASES = ("env", "model", "imagine", "agent", "eval")
 """Phases of an ``agd train`` iteration whose cumulative wall seconds are logged (``seconds_<phase>``)."""
-COLUMNS = REQUIRED_COLUMNS + ("online_steps", "model_skipped", "eval_online_return_mean") + tuple(f"seconds_{phase}" for phase in PHASES)
+COLUMNS = REQUIRED_COLUMNS + ("online_steps", "model_skipped", "eval_online_return_mean", "rollout_return_mean", "rollout_episodes") + tuple(f"seconds_{phase}" for phase in PHASES)
 """All columns written; ``online_steps`` (real steps collected after the warm start or prefill, which
 ``real_steps`` includes), ``model_skipped`` (world-model updates refused so far, agd_envs.training.SpikeGuard),
 ``eval_online_return_mean`` (the online actor's return where ``eval_return_mean`` is the averaged actor's,
-``A2CConfig.actor_average``) and the timing columns are empty for baselines and for logs of older versions."""
+``A2CConfig.actor_average``), ``rollout_return_mean`` / ``rollout_episodes`` (the real episodes the exploring policy
+finished since the previous row: their mean return and count) and the timing columns are empty for baselines and for logs of older versions."""
 
 
 class RunLog:

@@ -273,6 +273,8 @@ class AGDTrainer:
         self.last: dict[str, float] = {}
         self.phase_seconds = dict.fromkeys(PHASES, 0.0)
         self._data: EpisodeDataset | None = None  # the last read of the run's dataset (_dataset re-reads what is new)
+        self._rollouts_logged = 0  # episodes of collector.episode_returns already in a log row
+        self.collector: RealEnvCollector | None = None  # the first evaluation, inside _start, comes before any agent episode
         self.collector = self._start(resume)
 
     # ---------------------------------------------------------------- setup
@@ -335,6 +337,7 @@ class AGDTrainer:
             collector.collect("random", cfg.prefill_steps)
         collector.writer.checkpoint()
         self.initial_steps = collector.writer.num_steps
+        self._rollouts_logged = len(collector.episode_returns)  # the prefill's random episodes are not the agent's
         return collector
 
     def _collector(self, writer: DatasetWriter) -> RealEnvCollector:
@@ -515,11 +518,18 @@ class AGDTrainer:
             "wall_seconds": self._wall(), "steps_per_second": self.online_steps / max(self._wall(), 1e-9),
             "eval_return_mean": result.mean, "eval_return_std": result.std, "eval_return_stderr": result.stderr,
             "eval_episodes": cfg.eval_episodes, **({"eval_online_return_mean": online.mean} if online is not None else {}),
+            **self._rollout_stats(),
             **{k: metrics[k] for k in ("model_loss", "model_skipped", "actor_loss", "critic_loss", "entropy", "imagined_reward", "imagined_advantage") if k in metrics},
             **{f"seconds_{phase}": seconds for phase, seconds in self.phase_seconds.items()},
         }  # fmt: skip
         self.log.append(row)
         self.last["eval_return_mean"] = result.mean
+
+    def _rollout_stats(self) -> dict[str, float]:
+        """Mean return and count of the real episodes the exploring policy finished since the last call (none: {})."""
+        returns = self.collector.episode_returns[self._rollouts_logged:] if self.collector is not None else []
+        self._rollouts_logged += len(returns)
+        return {"rollout_return_mean": float(np.mean(returns)), "rollout_episodes": len(returns)} if returns else {}
 
     def _state(self) -> dict[str, Any]:
         return {

@@ -15,6 +15,7 @@ from agents.checkpoint import RunError
 from agents.run_log import PHASES
 from agd_envs.tasks import get_task
 from agents.a2c import A2C_PRESETS
+from agd_envs.dataset_reader import EpisodeDataset
 from agents.trainer import AGDTrainer, TrainerConfig, run_label
 
 
@@ -123,6 +124,18 @@ def test_real_steps_count_the_prefill_and_the_warm_start(tmp_path: Path) -> None
     shipped = AGDTrainer(tiny_config(steps=200), tmp_path / "s", progress=False)
     rows = shipped.train()
     assert shipped.initial_steps == 40_000 and int(rows[-1]["real_steps"]) == 40_200  # datasets/reacher-mixed
+
+
+def test_rollout_columns_are_the_real_episodes_the_agent_finished_since_the_last_row(tmp_path: Path) -> None:
+    # The exploring policy's real episodes, beside the deterministic evaluation: the prefill's random ones are not logged.
+    rows = AGDTrainer(tiny_config(steps=400, warm_start=None, prefill_steps=300), tmp_path / "r", progress=False).train()
+    episodes = list(EpisodeDataset.open(tmp_path / "r" / "data").episodes())
+    returns = [float(np.sum(e.rewards)) for e in episodes]
+    assert len(episodes) == 6 + 8  # Reacher's 50-step episodes: 300 prefill steps, then 2 iterations of 200
+    assert rows[0]["rollout_return_mean"] == rows[0]["rollout_episodes"] == ""
+    assert [int(r["rollout_episodes"]) for r in rows[1:]] == [4, 4]
+    for row, newest in zip(rows[1:], (returns[6:10], returns[10:14])):
+        assert float(row["rollout_return_mean"]) == pytest.approx(np.mean(newest), rel=1e-5)
 
 
 def test_an_averaged_actor_is_evaluated_beside_the_online_one_and_changes_no_update(tmp_path: Path) -> None:
