@@ -33,7 +33,6 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-from einops import rearrange
 from tqdm.auto import tqdm
 
 from agd_envs.batch import SegmentBatch
@@ -50,6 +49,7 @@ from agd_envs.world_model import WorldModel, WorldModelConfig
 from agents.a2c import A2C_PRESETS, A2CAgent, A2CConfig
 from agents.checkpoint import RunCheckpoint
 from agents.evaluation import Evaluation, evaluate
+from agents.recent import RecentMix, recent_rows, recent_transitions
 from agents.run_log import PHASES, RunLog
 
 IMAGINATION_MODES = ("joint", "closed-loop")
@@ -156,6 +156,10 @@ class TrainerConfig:
     """The agent updates on the first ``update_horizon`` steps of each imagined segment (joint imagination), bootstrapping
     from the critic there; None: all H. On Hopper at 100k the dream's first-action advantage tracks the simulator's
     over 1-5 steps and loses it over 10 (docs/results.md, "The advantage the learner estimates")."""
+    model_recent_fraction: float = 0.0
+    """The share of each world-model batch drawn from the newest ``start_window`` real transitions, where imagination
+    starts and the current policy goes (agents.recent.RecentMix); the rest is drawn from all the data. 0: uniform over
+    all of it (the paper's)."""
     world_model: str = "diffusion"
     """``diffusion`` (the learned WorldModel) or ``oracle`` (the real simulator, agd_envs.oracle: guide
     ``none`` and joint imagination only; ``model`` overrides other than ``horizon`` are ignored)."""
@@ -180,6 +184,10 @@ class TrainerConfig:
             raise ValueError("termination_margin applies to joint imagination only; use imagination='joint' or termination_margin=0")
         if self.update_horizon is not None and (self.update_horizon < 1 or self.imagination != "joint"):
             raise ValueError(f"update_horizon must be a positive number of steps with imagination='joint' (null: the whole segment), got {self.update_horizon}")
+        if not 0.0 <= self.model_recent_fraction <= 1.0:
+            raise ValueError(f"model_recent_fraction must be in [0, 1] (0: model batches uniform over all data), got {self.model_recent_fraction}")
+        if self.model_recent_fraction and self.start_window is None:
+            raise ValueError("model_recent_fraction draws from the newest start_window transitions; set start_window (e.g. 5000) or model_recent_fraction=0")
         if self.agent not in A2C_PRESETS:
             raise ValueError(f"agent must be one of {sorted(A2C_PRESETS)} (agents/a2c.py A2C_PRESETS), got {self.agent!r}")
         if self.imagination_dtype not in IMAGINATION_DTYPES:
@@ -293,8 +301,10 @@ class AGDTrainer:
         """``updates`` world-model updates (timed as phase ``model``); nothing for the oracle."""
         if self.model_trainer is None:
             return []
+        cfg = self.config
+        source = RecentMix(dataset, cfg.start_window, cfg.model_recent_fraction) if cfg.model_recent_fraction else dataset
         with self._phase("model"):
-            return self.model_trainer.fit(dataset, updates, generator=self.generator, progress=progress)
+            return self.model_trainer.fit(source, updates, generator=self.generator, progress=progress)
 
     def _start(self, resume: bool) -> RealEnvCollector | None:
         """Restore the checkpoint, or start the dataset and pretrain the model; rank 0's real-env collector (else None)."""
@@ -570,38 +580,6 @@ def first_steps(segments: SegmentBatch, steps: int | None) -> SegmentBatch:
                                terminations=cut(segments.terminations), advantages=cut(segments.advantages))
 
 
-def recent_rows(dataset: EpisodeDataset, horizon: int, window: int, count: int, generator: torch.Generator) -> torch.Tensor:
-    """``count`` rows of ``dataset.segment_starts(horizon)`` drawn uniformly from the episodes holding the last
-    ``window`` transitions (episodes are stored in the order they were collected)."""
-    starts = dataset.segment_starts(horizon)
-    if len(starts) == 0:
-        raise ValueError(f"no episode of the run's dataset has {horizon} transitions to start a segment from")
-    steps_to_end = np.cumsum(dataset.episode_lengths[::-1])[::-1]  # transitions from episode e to the end
-    recent = np.flatnonzero(steps_to_end <= window)
-    first_episode = int(recent[0]) if len(recent) else dataset.num_episodes - 1
-    first_row = min(int(np.searchsorted(starts[:, 0], first_episode)), len(starts) - 1)
-    return first_row + torch.randint(len(starts) - first_row, (count,), generator=generator)
-
-
-def recent_transitions(dataset: EpisodeDataset, window: int) -> dict[str, np.ndarray]:
-    """The newest whole episodes holding at least ``window`` transitions (or all), end to end in collection order,
-    as ``T x 1`` time-major arrays for ``A2CAgent.update_critic_from_transitions`` (``obs``, ``rewards``,
-    ``next_obs``, ``terminated``, ``truncated``)."""
-    if dataset.num_episodes == 0:
-        raise ValueError("the run's dataset holds no finished episode to train the critic on")
-    steps_to_end = np.cumsum(dataset.episode_lengths[::-1])[::-1]
-    first = int(np.flatnonzero(steps_to_end >= window)[-1]) if steps_to_end[0] >= window else 0
-    episodes = [dataset.episode(i) for i in range(first, dataset.num_episodes)]
-    arrays = {
-        "obs": np.concatenate([e.observations[:-1] for e in episodes]),
-        "next_obs": np.concatenate([e.observations[1:] for e in episodes]),
-        "rewards": np.concatenate([e.rewards for e in episodes]),
-        "terminated": np.concatenate([e.terminations for e in episodes]),
-        "truncated": np.concatenate([e.truncations for e in episodes]),
-    }
-    return {k: rearrange(v, "t ... -> t 1 ...") for k, v in arrays.items()}
-
-
 def run_label(config: TrainerConfig) -> str:
     """A run's ``algo`` label: ``agd-<guide>``, plus ``-alpha<α>`` when the guide scale is not the task's default,
     ``-anneal<f>`` when the guide scale is annealed to f of it (``alpha_final_fraction``; ``-anneal<f>by<n>k`` when it gets
@@ -609,10 +587,12 @@ def run_label(config: TrainerConfig) -> str:
     model predicts rewards with a reward head; ``agd-oracle`` for oracle runs;
     ``-ppo`` when the agent takes PPO's clipped update (``agd train --agent ppo|zoo``, Hopper's default); ``-margin<m>``
     when imagined segments end at near-falls (``termination_margin``) and ``-first<k>`` when the agent updates on their
-    first k steps (``update_horizon``), last."""
+    first k steps (``update_horizon``), and ``-recent<f>`` when f of each model batch is recent data
+    (``model_recent_fraction``), last."""
     agent = ("-ppo" if config.a2c_config().clip_ratio is not None else "") + (
         f"-margin{config.termination_margin:g}" if config.termination_margin else "") + (
-        f"-first{config.update_horizon}" if config.update_horizon is not None else "")
+        f"-first{config.update_horizon}" if config.update_horizon is not None else "") + (
+        f"-recent{config.model_recent_fraction:g}" if config.model_recent_fraction else "")
     if config.world_model == "oracle":
         return "agd-oracle" + agent
     alpha = config.alpha

@@ -34,6 +34,7 @@ Run (repo root):
     python3 benchmarks/oracle_gap.py RUN [RUN ...] --name oracle_gap_halfcheetah
     python3 benchmarks/oracle_gap.py RUN --fit-updates 2000 8000 20000 --name oracle_gap_refit   # training length
     python3 benchmarks/oracle_gap.py RUN --fit-updates 8000 --set delta_states=true anchor_states=false   # a variant
+    python3 benchmarks/oracle_gap.py RUN --fit-updates 12500 --recent-fractions 0 0.5 --run-starts --first-action   # recent model batches
     python3 benchmarks/oracle_gap.py RUN --mlp-updates 7000   # beside it, a one-step MLP fit on the run's data
     python3 benchmarks/oracle_gap.py RUN --alphas 0 0.1 0.3 1 --name oracle_gap_alpha   # the run's dream under each EAG scale
     python3 benchmarks/oracle_gap.py RUN --alphas 0 0.1 --guides eag sag reward   # ... and under each guide
@@ -48,6 +49,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,7 +69,8 @@ from agd_envs.training import WorldModelTrainer
 from agd_envs.world_model import WorldModel, WorldModelConfig
 from agents.a2c import A2CAgent
 from agents.returns import alive_mask
-from agents.trainer import agent_from_run, recent_rows
+from agents.recent import RecentMix, recent_rows
+from agents.trainer import agent_from_run
 
 try:
     from benchmarks._common import write_result
@@ -266,18 +269,24 @@ def measure(run: Path, starts: int, seed: int, model: WorldModel | None = None, 
     return row
 
 
-def refits(run: Path, updates: list[int], overrides: dict[str, int], starts: int, seed: int) -> list[dict[str, object]]:
-    """A fresh ``cpu``-preset model (with ``overrides``) fit on the run's data, measured after each count of ``updates``."""
+def refits(run: Path, updates: list[int], overrides: dict[str, int], starts: int, seed: int, recent: float = 0.0,
+           **options: Any) -> list[dict[str, object]]:
+    """A fresh ``cpu``-preset model (with ``overrides``) fit on the run's data, ``recent`` of each batch from the run's
+    start window (agents.recent.RecentMix), measured (``measure``'s ``options``) after each count of ``updates``."""
     config, _ = agent_from_run(run)
     data = EpisodeDataset.open(run / "data", task=config.task)
+    if recent and config.start_window is None:
+        raise ValueError(f"{run}: --recent-fractions needs the run's start_window (it has none)")
+    source = RecentMix(data, config.start_window, recent) if recent else data
     torch.manual_seed(seed)
     model = WorldModel(WorldModelConfig.preset("cpu", config.task, **{**config.model, **overrides}))
     trainer, gen, rows, done = WorldModelTrainer(model), torch.Generator().manual_seed(seed), [], 0
     for total in sorted(updates):
         start = time.perf_counter()
-        trainer.fit(data, total - done, generator=gen, progress=False)
+        trainer.fit(source, total - done, generator=gen, progress=False)
         done, seconds = total, time.perf_counter() - start
-        rows.append({"fit_updates": total, "fit_seconds": seconds, **overrides, **measure(run, starts, seed, model)})
+        rows.append({"fit_updates": total, "fit_seconds": seconds, "recent_fraction": recent, **overrides,
+                     **measure(run, starts, seed, model, **options)})
     return rows
 
 
@@ -310,11 +319,15 @@ def main() -> None:
                         help="the first action's advantage in the dream against the simulator's with the policy closed loop after it")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=JSON",
                         help="with --fit-updates: WorldModelConfig overrides of the fresh model, e.g. width=512 delta_states=true")
+    parser.add_argument("--recent-fractions", type=float, nargs="*", default=[0.0],
+                        help="with --fit-updates: the share of each model batch from the run's start window (0: uniform); one refit each")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.fit_updates:
         overrides = dict(parse_field_value(item, WorldModelConfig) for item in args.set)
-        rows = [row for run in args.runs for seed in args.seed for row in refits(run, args.fit_updates, overrides, args.starts, seed)]
+        options = {"run_starts": args.run_starts, "margins": args.margins, "first_action": args.first_action}
+        rows = [row | {"seed": seed} for run in args.runs for seed in args.seed for recent in args.recent_fractions
+                for row in refits(run, args.fit_updates, overrides, args.starts, seed, recent, **options)]
     else:
         alphas = args.alphas or [None]
         rows = [measure(run, args.starts, seed, mlp_updates=args.mlp_updates, alpha=a, min_guide_noise=m, max_shift=c,

@@ -250,21 +250,6 @@ def test_agent_set_overrides_the_agent_scheme_and_names_unknown_fields(tmp_path:
     assert not (tmp_path / "h").exists()
 
 
-def test_recent_start_states_come_from_the_newest_episodes() -> None:
-    import torch
-
-    from agd_envs.datasets import EpisodeDataset
-    from agd_envs.defaults import default_dataset_path
-    from agents.trainer import recent_rows
-
-    data = EpisodeDataset.open(default_dataset_path("Reacher"))  # 800 episodes of 50 steps, in collection order
-    starts = data.segment_starts(10)
-    rows = recent_rows(data, 10, 500, 4096, torch.Generator().manual_seed(0))
-    episodes = set(starts[rows.numpy(), 0].tolist())
-    assert episodes == set(range(790, 800))  # the last 10 episodes hold the last 500 transitions, all drawn
-    assert set(starts[recent_rows(data, 10, 1, 64, torch.Generator()).numpy(), 0].tolist()) == {799}
-
-
 def test_critic_real_segments_give_the_critic_real_windows_of_the_start_window(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import numpy as np
 
@@ -284,21 +269,6 @@ def test_critic_real_segments_give_the_critic_real_windows_of_the_start_window(t
         s0 = seg.states[:, 0].numpy()
         assert np.abs(newest[None] - s0[:, None]).max(-1).min(1).max() < 1e-6
     assert np.isfinite(float(rows[-1]["critic_loss"]))
-
-
-def test_recent_transitions_are_the_newest_whole_episodes_end_to_end() -> None:
-    from agd_envs.datasets import EpisodeDataset
-    from agd_envs.defaults import default_dataset_path
-    from agents.trainer import recent_transitions
-
-    data = EpisodeDataset.open(default_dataset_path("Reacher"))  # 800 episodes of 50 steps, in collection order
-    rows = recent_transitions(data, 120)
-    assert rows["obs"].shape == (150, 1, 10) and rows["rewards"].shape == (150, 1)  # 3 whole episodes cover 120 steps
-    last = data.episode(data.num_episodes - 1)
-    np.testing.assert_array_equal(rows["next_obs"][-50:, 0], last.observations[1:])
-    np.testing.assert_array_equal(rows["obs"][50:100, 0], data.episode(data.num_episodes - 2).observations[:-1])
-    assert rows["truncated"][:, 0].nonzero()[0].tolist() == [49, 99, 149]  # each episode's end, nothing between
-    assert recent_transitions(data, 10**9)["obs"].shape[0] == data.num_steps  # a window beyond the data: all of it
 
 
 def test_lr_final_fraction_anneals_the_agents_learning_rates_linearly_over_the_online_steps(tmp_path: Path) -> None:
