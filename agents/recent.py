@@ -13,17 +13,23 @@ from agd_envs.datasets import EpisodeDataset
 from agd_envs.normalization import HasStatistics
 
 
-def recent_rows(dataset: EpisodeDataset, horizon: int, window: int, count: int, generator: torch.Generator | None) -> torch.Tensor:
-    """``count`` rows of ``dataset.segment_starts(horizon)`` drawn uniformly from the episodes holding the last
-    ``window`` transitions (episodes are stored in the order they were collected)."""
+def recent_start_rows(dataset: EpisodeDataset, horizon: int, window: int) -> tuple[int, int]:
+    """``(first, total)``: rows ``first..total-1`` of ``dataset.segment_starts(horizon)`` start in the episodes holding
+    the last ``window`` transitions (episodes are stored in the order they were collected)."""
     starts = dataset.segment_starts(horizon)
     if len(starts) == 0:
         raise ValueError(f"no episode of the run's dataset has {horizon} transitions to start a segment from")
     steps_to_end = np.cumsum(dataset.episode_lengths[::-1])[::-1]  # transitions from episode e to the end
     recent = np.flatnonzero(steps_to_end <= window)
     first_episode = int(recent[0]) if len(recent) else dataset.num_episodes - 1
-    first_row = min(int(np.searchsorted(starts[:, 0], first_episode)), len(starts) - 1)
-    return first_row + torch.randint(len(starts) - first_row, (count,), generator=generator)
+    return min(int(np.searchsorted(starts[:, 0], first_episode)), len(starts) - 1), len(starts)
+
+
+def recent_rows(dataset: EpisodeDataset, horizon: int, window: int, count: int, generator: torch.Generator | None) -> torch.Tensor:
+    """``count`` rows of ``dataset.segment_starts(horizon)`` drawn uniformly from the episodes holding the last
+    ``window`` transitions (:func:`recent_start_rows`)."""
+    first, total = recent_start_rows(dataset, horizon, window)
+    return first + torch.randint(total - first, (count,), generator=generator)
 
 
 def recent_transitions(dataset: EpisodeDataset, window: int) -> dict[str, np.ndarray]:
@@ -56,6 +62,8 @@ class RecentMix:
         if not 0.0 <= fraction <= 1.0:
             raise ValueError(f"fraction must be in [0, 1] (the share of each batch from the newest {window} transitions), got {fraction}")
         self.dataset, self.window, self.fraction = dataset, window, fraction
+        self._rows: dict[tuple[int, int], tuple[int, int]] = {}  # (horizon, episodes) -> recent_start_rows, once per fit
+
 
     def statistics(self) -> HasStatistics:
         """The whole dataset's statistics (the normalizer still spans all data)."""
@@ -63,7 +71,11 @@ class RecentMix:
 
     def sample_segments(self, batch_size: int, horizon: int, *, generator: torch.Generator | None = None, device: Any = None) -> SegmentBatch:
         """``batch_size`` segments, ``round(fraction * batch_size)`` of them from the newest ``window`` transitions."""
+        key = (horizon, self.dataset.num_episodes)
+        if key not in self._rows:
+            self._rows[key] = recent_start_rows(self.dataset, horizon, self.window)
+        first, total = self._rows[key]
         recent = round(self.fraction * batch_size)
-        everywhere = torch.randint(len(self.dataset.segment_starts(horizon)), (batch_size - recent,), generator=generator)
-        rows = torch.cat([recent_rows(self.dataset, horizon, self.window, recent, generator), everywhere])
+        everywhere = torch.randint(total, (batch_size - recent,), generator=generator)
+        rows = torch.cat([first + torch.randint(total - first, (recent,), generator=generator), everywhere])
         return self.dataset.sample_segments(batch_size, horizon, generator=generator, device=device, indices=rows)
