@@ -34,8 +34,8 @@ def recent_rows(dataset: EpisodeDataset, horizon: int, window: int, count: int, 
 
 def recent_transitions(dataset: EpisodeDataset, window: int) -> dict[str, np.ndarray]:
     """The newest whole episodes holding at least ``window`` transitions (or all), end to end in collection order,
-    as ``T x 1`` time-major arrays for ``A2CAgent.update_critic_from_transitions`` (``obs``, ``rewards``,
-    ``next_obs``, ``terminated``, ``truncated``)."""
+    as ``T x 1`` time-major arrays for ``A2CAgent.update_from_transitions`` (``obs``, ``actions``, ``rewards``,
+    ``next_obs``, ``terminated``, ``truncated``; :func:`critic_rows` for the critic's update)."""
     if dataset.num_episodes == 0:
         raise ValueError("the run's dataset holds no finished episode to train the critic on")
     steps_to_end = np.cumsum(dataset.episode_lengths[::-1])[::-1]
@@ -44,11 +44,17 @@ def recent_transitions(dataset: EpisodeDataset, window: int) -> dict[str, np.nda
     arrays = {
         "obs": np.concatenate([e.observations[:-1] for e in episodes]),
         "next_obs": np.concatenate([e.observations[1:] for e in episodes]),
+        "actions": np.concatenate([e.actions for e in episodes]),
         "rewards": np.concatenate([e.rewards for e in episodes]),
         "terminated": np.concatenate([e.terminations for e in episodes]),
         "truncated": np.concatenate([e.truncations for e in episodes]),
     }
     return {k: rearrange(v, "t ... -> t 1 ...") for k, v in arrays.items()}
+
+
+def critic_rows(transitions: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """:func:`recent_transitions`' arrays without the actions, as ``A2CAgent.update_critic_from_transitions`` takes them."""
+    return {k: v for k, v in transitions.items() if k != "actions"}
 
 
 class RecentMix:

@@ -49,7 +49,7 @@ from agd_envs.world_model import WorldModel, WorldModelConfig
 from agents.a2c import A2C_PRESETS, A2CAgent, A2CConfig
 from agents.checkpoint import RunCheckpoint
 from agents.evaluation import Evaluation, evaluate
-from agents.recent import RecentMix, recent_rows, recent_transitions
+from agents.recent import RecentMix, critic_rows, recent_rows, recent_transitions
 from agents.run_log import PHASES, RunLog
 
 IMAGINATION_MODES = ("joint", "closed-loop")
@@ -156,6 +156,15 @@ class TrainerConfig:
     """The agent updates on the first ``update_horizon`` steps of each imagined segment (joint imagination), bootstrapping
     from the critic there; None: all H. On Hopper at 100k the dream's first-action advantage tracks the simulator's
     over 1-5 steps and loses it over 10 (docs/results.md, "The advantage the learner estimates")."""
+    actor_real_steps: int = 0
+    """After every ``actor_real_every`` imagined updates the agent also takes one update of its scheme (actor and critic)
+    on the newest ``actor_real_steps`` real transitions (whole episodes laid end to end, ``A2CAgent.update_from_transitions``):
+    GAE along the real episodes, so what the real env pays where the policy now goes, falls included, reaches the actor
+    itself and not only the critic, as MBPO mixes real transitions into its policy's batches; 0: imagined segments only
+    (the paper's)."""
+    actor_real_every: int = 10
+    """Imagined updates per real one when ``actor_real_steps`` is set (Hopper's 50 imagined updates per 1000-step
+    iteration and 10: five real updates per iteration)."""
     model_recent_fraction: float = 0.0
     """The share of each world-model batch drawn from the newest ``start_window`` real transitions, where imagination
     starts and the current policy goes (agents.recent.RecentMix); the rest is drawn from all the data. 0: uniform over
@@ -184,6 +193,11 @@ class TrainerConfig:
             raise ValueError("termination_margin applies to joint imagination only; use imagination='joint' or termination_margin=0")
         if self.update_horizon is not None and (self.update_horizon < 1 or self.imagination != "joint"):
             raise ValueError(f"update_horizon must be a positive number of steps with imagination='joint' (null: the whole segment), got {self.update_horizon}")
+        if self.actor_real_steps < 0 or self.actor_real_every < 1:
+            raise ValueError(
+                f"actor_real_steps must be >= 0 (0: off) and actor_real_every >= 1 (imagined updates per real one), "
+                f"got {self.actor_real_steps} and {self.actor_real_every}"
+            )
         if not 0.0 <= self.model_recent_fraction <= 1.0:
             raise ValueError(f"model_recent_fraction must be in [0, 1] (0: model batches uniform over all data), got {self.model_recent_fraction}")
         if self.model_recent_fraction and self.start_window is None:
@@ -387,13 +401,16 @@ class AGDTrainer:
         dataset = self._dataset()
         model_log = self._fit_model(dataset, round(cfg.model_updates_per_step * cfg.iteration_steps), False)
         metrics: dict[str, float] = {"model_loss": model_log[-1]["loss"], "model_skipped": model_log[-1]["skipped"]} if model_log else {}
-        real = recent_transitions(dataset, cfg.critic_real_steps) if cfg.critic_real_steps else None
+        critic_real = critic_rows(recent_transitions(dataset, cfg.critic_real_steps)) if cfg.critic_real_steps else None
+        actor_real = recent_transitions(dataset, cfg.actor_real_steps) if cfg.actor_real_steps else None
         self.agent.set_lr_scale(self.lr_scale())
-        for _ in range(round(cfg.agent_updates_per_step * cfg.iteration_steps)):
+        for update in range(1, round(cfg.agent_updates_per_step * cfg.iteration_steps) + 1):
             metrics.update(self._agent_update(dataset))
-            if real is not None:
-                with self._phase("agent"):
-                    metrics.update(self.agent.update_critic_from_transitions(**real))
+            with self._phase("agent"):
+                if critic_real is not None:
+                    metrics.update(self.agent.update_critic_from_transitions(**critic_real))
+                if actor_real is not None and update % cfg.actor_real_every == 0:
+                    self.agent.update_from_transitions(**actor_real)  # its metrics would overwrite the imagined update's
         self.last.update(metrics)
         if main and self.online_steps % cfg.eval_every == 0:
             self._evaluate_and_log(self.last)
@@ -588,11 +605,13 @@ def run_label(config: TrainerConfig) -> str:
     ``-ppo`` when the agent takes PPO's clipped update (``agd train --agent ppo|zoo``, Hopper's default); ``-margin<m>``
     when imagined segments end at near-falls (``termination_margin``) and ``-first<k>`` when the agent updates on their
     first k steps (``update_horizon``), and ``-recent<f>`` when f of each model batch is recent data
-    (``model_recent_fraction``), last."""
+    (``model_recent_fraction``), and ``-real<n>e<k>`` when the agent also updates on the newest n real transitions after
+    every k imagined updates (``actor_real_steps``, ``actor_real_every``), last."""
     agent = ("-ppo" if config.a2c_config().clip_ratio is not None else "") + (
         f"-margin{config.termination_margin:g}" if config.termination_margin else "") + (
         f"-first{config.update_horizon}" if config.update_horizon is not None else "") + (
-        f"-recent{config.model_recent_fraction:g}" if config.model_recent_fraction else "")
+        f"-recent{config.model_recent_fraction:g}" if config.model_recent_fraction else "") + (
+        f"-real{config.actor_real_steps}e{config.actor_real_every}" if config.actor_real_steps else "")
     if config.world_model == "oracle":
         return "agd-oracle" + agent
     alpha = config.alpha

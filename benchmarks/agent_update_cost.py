@@ -38,7 +38,7 @@ from agd_envs.defaults import default_dataset_path
 from agents.a2c import A2CAgent, A2CConfig
 from agents.returns import alive_mask
 from torch import Tensor
-from agents.trainer import recent_transitions
+from agents.recent import critic_rows, recent_transitions
 
 try:
     from benchmarks._common import write_result
@@ -122,7 +122,7 @@ def main() -> None:
         key = f"{first}@{args.reference_rev}"
         agents[key] = old.A2CAgent(11, 3, old.A2CConfig.named("zoo", epochs=first.epochs, minibatches=first.minibatches))
         batches[key] = batches[str(first)]
-    real = recent_transitions(data, args.critic_real_steps)  # what the trainer's real-critic step takes
+    real = critic_rows(recent_transitions(data, args.critic_real_steps))  # what the trainer's real-critic step takes
     seconds: dict[str, list[float]] = {key: [] for key in agents} | {"critic_real": [], "critic_real_loop": []}
     for round_ in range(args.rounds + 1):  # round 0 warms up and is dropped
         for scheme, agent in agents.items():

@@ -11,7 +11,7 @@ from conftest import TINY_MODEL
 
 from agd_envs.datasets import EpisodeDataset
 from agd_envs.defaults import default_dataset_path
-from agents.recent import RecentMix, recent_rows, recent_transitions
+from agents.recent import RecentMix, critic_rows, recent_rows, recent_transitions
 from agents.trainer import AGDTrainer, TrainerConfig, run_label
 
 
@@ -43,6 +43,8 @@ def test_recent_transitions_are_the_newest_whole_episodes_end_to_end(reacher: Ep
     np.testing.assert_array_equal(rows["next_obs"][-50:, 0], last.observations[1:])
     np.testing.assert_array_equal(rows["obs"][50:100, 0], reacher.episode(reacher.num_episodes - 2).observations[:-1])
     assert rows["truncated"][:, 0].nonzero()[0].tolist() == [49, 99, 149]  # each episode's end, nothing between
+    np.testing.assert_array_equal(rows["actions"][-50:, 0], last.actions)  # the executed actions, for the actor's update
+    assert sorted(critic_rows(rows)) == ["next_obs", "obs", "rewards", "terminated", "truncated"]
     assert recent_transitions(reacher, 10**9)["obs"].shape[0] == reacher.num_steps  # a window beyond the data: all of it
 
 

@@ -411,3 +411,23 @@ def test_update_horizon_gives_the_agent_the_first_steps_of_each_imagined_segment
     assert run_label(tiny_config(update_horizon=2)) == "agd-eag-first2"
     with pytest.raises(ValueError, match=r"update_horizon must be a positive number of steps with imagination='joint' \(null: the whole segment\), got 0"):
         tiny_config(update_horizon=0)
+
+
+def test_actor_real_steps_interleave_updates_on_the_newest_real_episodes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agents.a2c import A2CAgent
+
+    seen: list[dict[str, np.ndarray]] = []
+    original = A2CAgent.update_from_transitions
+    monkeypatch.setattr(A2CAgent, "update_from_transitions", lambda self, **rows: seen.append(rows) or original(self, **rows))
+    config = tiny_config(steps=200, world_model="oracle", guide="none", agent_updates_per_step=0.03, actor_real_steps=100, actor_real_every=2)
+    trainer = AGDTrainer(config, tmp_path / "run", progress=False)
+    before = trainer.agent.num_updates
+    trainer.iteration()
+    assert len(seen) == 3 and trainer.agent.num_updates - before == 6 + 3  # 6 imagined updates, a real one after every 2nd
+    data = trainer._dataset()
+    newest = [data.episode(i) for i in (data.num_episodes - 2, data.num_episodes - 1)]  # 2 Reacher episodes of 50 hold 100 steps
+    np.testing.assert_array_equal(seen[-1]["obs"][:, 0], np.concatenate([e.observations[:-1] for e in newest]))
+    np.testing.assert_array_equal(seen[-1]["actions"][:, 0], np.concatenate([e.actions for e in newest]))
+    assert run_label(config) == "agd-oracle-real100e2"
+    with pytest.raises(ValueError, match=r"actor_real_steps must be >= 0 \(0: off\) and actor_real_every >= 1"):
+        tiny_config(actor_real_steps=100, actor_real_every=0)
