@@ -70,7 +70,6 @@ class RecentMix:
         self.dataset, self.window, self.fraction = dataset, window, fraction
         self._rows: dict[tuple[int, int], tuple[int, int]] = {}  # (horizon, episodes) -> recent_start_rows, once per fit
 
-
     def statistics(self) -> HasStatistics:
         """The whole dataset's statistics (the normalizer still spans all data)."""
         return self.dataset.statistics()
