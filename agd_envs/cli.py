@@ -90,6 +90,9 @@ DEFAULT_STEPS = 100_000
 """``agd train --steps`` of a new run when none is given."""
 LABEL_HELP = "rename algos matching a shell pattern, e.g. 'agd-eag*=agd-eag' (repeatable; merges runs logged under different labels)"
 """``--label`` help of ``agd plot`` and ``agd table``."""
+METRIC_HELP = ("the progress.csv column to show instead of the evaluation return, e.g. entropy (the policy's, per "
+               "state) or rollout_return_mean (the stochastic policy's returns while collecting)")
+"""``--metric`` help of ``agd plot`` and ``agd table``."""
 
 
 def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -183,7 +186,7 @@ def _read_labelled(args: argparse.Namespace) -> list:
     """The runs given, algos renamed by ``--label``."""
     from agents.plotting import read_runs, relabel
 
-    return relabel(read_runs(args.runs), args.label or [])
+    return relabel(read_runs(args.runs, args.metric), args.label or [])
 
 
 def _plot(args: argparse.Namespace) -> None:
@@ -316,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("runs", nargs="+")
     plot.add_argument("--out", default="learning_curves.png")
     plot.add_argument("--label", action="append", metavar="PATTERN=NAME", help=LABEL_HELP)
+    plot.add_argument("--metric", default="eval_return_mean", metavar="COLUMN", help=METRIC_HELP)
     plot.set_defaults(func=_plot)
 
     table = sub.add_parser("table", help="final returns as a Markdown table (paper Table I layout)")
@@ -323,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--last", type=int, default=1, metavar="K",
                        help="score each run by the mean of its last K evaluations (default 1: the final one)")
     table.add_argument("--label", action="append", metavar="PATTERN=NAME", help=LABEL_HELP)
+    table.add_argument("--metric", default="eval_return_mean", metavar="COLUMN", help=METRIC_HELP)
     mode = table.add_mutually_exclusive_group()
     mode.add_argument("--paired", nargs=2, metavar=("ALGO_A", "ALGO_B"),
                       help="instead: ALGO_A minus ALGO_B seed by seed (mean ± s.e., t, exact sign-flip p), e.g. agd-eag agd-none")

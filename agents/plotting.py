@@ -11,37 +11,48 @@ from typing import Callable
 
 import numpy as np
 
-from agents.run_log import CSV_NAME, REQUIRED_COLUMNS
+from agents.run_log import COLUMNS, CSV_NAME, REQUIRED_COLUMNS
+
+DEFAULT_METRIC = "eval_return_mean"
+"""The progress.csv column curves and tables show unless told otherwise."""
+NON_METRICS = ("algo", "task", "seed", "real_steps")
 
 
 @dataclass(frozen=True)
 class Curve:
-    """One run's evaluation curve."""
+    """One run's evaluation curve (``returns``: the ``metric`` column's values, evaluation returns by default)."""
 
     algo: str
     task: str
     seed: int
     steps: np.ndarray
     returns: np.ndarray
+    metric: str = DEFAULT_METRIC
 
 
-def read_runs(paths: list[str | Path]) -> list[Curve]:
-    """Read ``progress.csv`` of each run directory (or CSV file) given; clear error for anything else."""
+def read_runs(paths: list[str | Path], metric: str = DEFAULT_METRIC) -> list[Curve]:
+    """Read ``metric`` (a ``progress.csv`` column) at each row that has it, of each run directory (or CSV file) given."""
     import csv
 
+    if metric not in COLUMNS or metric in NON_METRICS:
+        names = ", ".join(c for c in COLUMNS if c not in NON_METRICS)
+        raise ValueError(f"metric {metric!r} is not a progress.csv column; choose one of {names}")
     curves = []
     for path in map(Path, paths):
         csv_path = path / CSV_NAME if path.is_dir() else path
         if not csv_path.is_file():
             raise FileNotFoundError(f"{csv_path}: no such file; pass run directories written by `agd train`/`agd baseline` or their {CSV_NAME}")
         with csv_path.open(newline="") as f:
-            rows = [r for r in csv.DictReader(f) if r.get("eval_return_mean")]
-        if not rows or set(REQUIRED_COLUMNS) - set(rows[0]):
+            every_row = list(csv.DictReader(f))
+        if not every_row or set(REQUIRED_COLUMNS) - set(every_row[0]):
             raise ValueError(f"{csv_path}: not an agd progress log (columns {REQUIRED_COLUMNS})")
+        rows = [r for r in every_row if r.get(metric)]
+        if not rows:
+            raise ValueError(f"{csv_path}: no row has a value of {metric!r} (an older log, or a column this run does not fill)")
         curves.append(Curve(
             algo=rows[0]["algo"], task=rows[0]["task"], seed=int(rows[0]["seed"]),
             steps=np.array([float(r["real_steps"]) for r in rows]),
-            returns=np.array([float(r["eval_return_mean"]) for r in rows]),
+            returns=np.array([float(r[metric]) for r in rows]), metric=metric,
         ))  # fmt: skip
     return curves
 
@@ -105,7 +116,7 @@ def plot(curves: list[Curve], out: str | Path) -> Path:
             ax.fill_between(steps, mean - stderr, mean + stderr, color=color[algo], alpha=0.25)
         ax.set_title(task)
         ax.set_xlabel("real environment steps")
-        ax.set_ylabel("evaluation return")
+        ax.set_ylabel("evaluation return" if curves[0].metric == DEFAULT_METRIC else curves[0].metric)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()

@@ -101,6 +101,20 @@ def test_reach_table_counts_real_steps_to_a_return() -> None:
     assert "| HalfCheetah | 20k (2 of 3: 20k, 10k, –) | > 30k (1 of 2: 30k, –) |" in out
 
 
+def test_metric_reads_another_column_and_names_what_is_wrong(capsys: pytest.CaptureFixture[str]) -> None:
+    with (AGD_RUN / "progress.csv").open(newline="") as f:
+        logged = [(float(r["real_steps"]), float(r["entropy"])) for r in csv.DictReader(f) if r["entropy"]]
+    curve = read_runs([AGD_RUN], "entropy")[0]
+    assert curve.metric == "entropy" and len(curve.steps) == len(logged) > 5  # the first row (step 0) has no entropy
+    np.testing.assert_array_equal(np.c_[curve.steps, curve.returns], np.array(logged))
+    agd_main(["table", str(AGD_RUN), "--metric", "entropy", "--last", "3"])
+    assert f"| Reacher | {np.mean([e for _, e in logged[-3:]]):.1f} (n=1, " in capsys.readouterr().out
+    with pytest.raises(ValueError, match="'entropie' is not a progress.csv column; choose one of .*entropy"):
+        read_runs([AGD_RUN], "entropie")
+    with pytest.raises(ValueError, match="no row has a value of 'rollout_return_mean'"):
+        read_runs([AGD_RUN], "rollout_return_mean")  # a log written before the column existed
+
+
 def test_baseline_logs_the_agd_columns_and_plots_with_agd_runs(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
