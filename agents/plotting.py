@@ -16,6 +16,7 @@ from agents.run_log import COLUMNS, CSV_NAME, REQUIRED_COLUMNS
 DEFAULT_METRIC = "eval_return_mean"
 """The progress.csv column curves and tables show unless told otherwise."""
 NON_METRICS = ("algo", "task", "seed", "real_steps")
+"""progress.csv columns that name or place a row rather than measure it; ``--metric`` refuses them."""
 
 
 @dataclass(frozen=True)
