@@ -606,12 +606,13 @@ def run_label(config: TrainerConfig) -> str:
     when imagined segments end at near-falls (``termination_margin``) and ``-first<k>`` when the agent updates on their
     first k steps (``update_horizon``), and ``-recent<f>`` when f of each model batch is recent data
     (``model_recent_fraction``), and ``-real<n>e<k>`` when the agent also updates on the newest n real transitions after
-    every k imagined updates (``actor_real_steps``, ``actor_real_every``), last."""
+    every k imagined updates (``actor_real_steps``, ``actor_real_every``), then ``-<field><value>`` for each agent field
+    set away from the task's scheme (``--agent-set init_std=0.135``: ``-init_std0.135``), last."""
     agent = ("-ppo" if config.a2c_config().clip_ratio is not None else "") + (
         f"-margin{config.termination_margin:g}" if config.termination_margin else "") + (
         f"-first{config.update_horizon}" if config.update_horizon is not None else "") + (
         f"-recent{config.model_recent_fraction:g}" if config.model_recent_fraction else "") + (
-        f"-real{config.actor_real_steps}e{config.actor_real_every}" if config.actor_real_steps else "")
+        f"-real{config.actor_real_steps}e{config.actor_real_every}" if config.actor_real_steps else "") + _agent_overrides(config)
     if config.world_model == "oracle":
         return "agd-oracle" + agent
     alpha = config.alpha
@@ -622,6 +623,21 @@ def run_label(config: TrainerConfig) -> str:
         by = f"by{config.alpha_anneal_steps / 1000:g}k" if config.alpha_anneal_steps else ""
         annealed = f"-anneal{config.alpha_final_fraction:g}{by}"
     return f"agd-{config.guide}" + (f"-alpha{alpha:g}" if custom else "") + annealed + ("-rhead" if head else "") + agent
+
+
+def _agent_overrides(config: TrainerConfig) -> str:
+    """``-<field><value>`` for each ``a2c`` override whose value differs from the task's scheme, in field order."""
+    task_a2c = TASK_DEFAULTS.get(get_task(config.task).name, {}).get("a2c", {})
+    scheme, actual = A2CConfig.named(config.agent, **task_a2c), config.a2c_config()
+    changed = [f.name for f in dataclasses.fields(A2CConfig) if f.name in config.a2c and getattr(actual, f.name) != getattr(scheme, f.name)]
+    return "".join(f"-{name}{_label_value(getattr(actual, name))}" for name in changed)
+
+
+def _label_value(value: Any) -> str:
+    """A config value as a label fragment: numbers in ``%g`` form, sequences joined by ``x``, anything else as ``str``."""
+    if isinstance(value, (list, tuple)):
+        return "x".join(_label_value(item) for item in value)
+    return f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
 
 
 def agent_from_run(run_dir: str | Path) -> tuple[TrainerConfig, A2CAgent]:

@@ -116,6 +116,15 @@ def test_run_label_names_a_non_default_guide_scale() -> None:
     assert run_label(TrainerConfig.for_task("Walker2d", guide="none", alpha=0.1)) == "agd-none"  # never guided
 
 
+def test_run_label_names_agent_fields_set_away_from_the_task_scheme() -> None:
+    """`--agent-set` runs must not be averaged with the task's default agent by agd plot/table."""
+    hopper = TrainerConfig.for_task("Hopper", guide="none", a2c={"init_std": 0.135, "hidden_sizes": (64, 64)})
+    assert run_label(hopper) == "agd-none-ppo-hidden_sizes64x64-init_std0.135"  # A2CConfig's field order
+    assert run_label(TrainerConfig.for_task("Hopper", guide="none", a2c={"init_std": 1.0})) == "agd-none-ppo"  # zoo's own
+    assert run_label(TrainerConfig.for_task("Reacher", guide="eag", a2c={"init_std": 0.3})) == "agd-eag"  # Reacher's default
+    assert run_label(TrainerConfig.for_task("Reacher", guide="eag", a2c={"init_std": 1.0})) == "agd-eag-init_std1"
+
+
 def test_real_steps_count_the_prefill_and_the_warm_start(tmp_path: Path) -> None:
     # Table I counts every real transition a run learned from (benchmarks/table1.py's protocol).
     prefilled = AGDTrainer(tiny_config(steps=400, warm_start=None, prefill_steps=300), tmp_path / "p", progress=False).train()
