@@ -1,7 +1,7 @@
 """World-model fidelity through DreamEnv: held-out real Hopper action sequences, imagined vs real states.
 
-A ``cpu``-preset model (1500 updates, so the module runs in well under a minute) is fitted
-once on the train split of ``datasets/hopper-mixed``. For H-step windows of HELD-OUT episodes, each
+A ``cpu``-preset model (1500 updates) is fitted once per session on the train split of
+``datasets/hopper-mixed`` (the ``fitted_hopper`` fixture, tests/conftest.py). For H-step windows of HELD-OUT episodes, each
 dream starts at the real s_0 (``reset(options={"initial_state": s0})``, guide ``none``) and is
 stepped with the real actions; its observations are compared with the real ones. Error at step t:
 MSE of states z-scored with the model's normalizer, averaged over dimensions and windows. Baselines:
@@ -37,17 +37,13 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
+from conftest import FittedModel
 
 from agd_envs.datasets import EpisodeDataset
-from agd_envs.defaults import default_dataset_path
 from agd_envs.dream_env import DreamEnv
 from agd_envs.sampling import Conditioning, sample
-from agd_envs.training import WorldModelTrainer
-from agd_envs.world_model import WorldModel, WorldModelConfig
+from agd_envs.world_model import WorldModel
 
-MODEL: dict = {}
-"""Overrides of the ``cpu`` preset (none: the preset's 256x3 does ~66 updates/s on one thread)."""
-FIT_UPDATES = 1500
 WINDOWS = 200
 """Held-out H-step windows (each stepped through its own DreamEnv episode)."""
 SAMPLING_STEPS = 1
@@ -94,12 +90,8 @@ def closed_loop(model: WorldModel, s0: np.ndarray, actions: np.ndarray, seed: in
 
 
 @pytest.fixture(scope="module")
-def curves() -> Curves:
-    data = EpisodeDataset.open(default_dataset_path("Hopper"))
-    train, test = data.split(0.9, seed=0)
-    torch.manual_seed(0)
-    model = WorldModel(WorldModelConfig.preset("cpu", "Hopper", **MODEL))
-    WorldModelTrainer(model).fit(train, FIT_UPDATES, progress=False, generator=torch.Generator().manual_seed(0))
+def curves(fitted_hopper: FittedModel) -> Curves:
+    model, test = fitted_hopper.model, fitted_hopper.test
     horizon = model.config.horizon
     windows = held_out_windows(test, horizon, WINDOWS, seed=0)
     real, actions = windows.states.float(), windows.actions.float()

@@ -11,13 +11,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_model_config
+from conftest import FittedModel, tiny_model_config
 
 from agd_envs.segments import SegmentLayout
 from agd_envs.tasks import get_task
@@ -313,38 +312,15 @@ def test_fit_main_writes_a_loadable_checkpoint(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------- criterion (d): fidelity
 FIT_SECONDS = 120.0
-"""CPU budget of the fidelity fit (the issue allows 3 minutes on 2 cores; 2 minutes keep the suite short)."""
-FIT_UPDATES = 800
-"""Cap on updates (the cpu preset with its dynamics prior does ~26 updates/s on one free core: ~30 s; measured
-ratio 0.047 at t=1 and 0.017 at t=10 after 800 updates, 0.029 and 0.008 after 1928)."""
+"""CPU budget of the fidelity fit (the issue allows 3 minutes on 2 cores; 2 minutes keep the suite short). The fit is
+the session's ``fitted_hopper`` (tests/conftest.py: 1500 updates, ~60 s on one free core); measured ratio 0.047 at t=1
+and 0.017 at t=10 after 800 updates, 0.029 and 0.008 after 1928."""
 
 
-@pytest.fixture(scope="module")
-def fitted_hopper():
-    """(model, held-out split, fit seconds): a ``cpu``-preset model fitted once on 90% of hopper-mixed's episodes."""
-    from agd_envs.datasets import EpisodeDataset
-
-    if not (DATASET / "data").is_dir():
-        pytest.skip("shipped dataset datasets/hopper-mixed not present")
-    threads = torch.get_num_threads()
-    # One thread: the cpu preset is as fast on 1 thread as on 2 (measured), and 2 OpenMP
-    # threads slow to 2-8 updates/s when another process holds one of the 2 cores (measured).
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    train, test = EpisodeDataset.open(DATASET).split(0.9, seed=0)
-    model = WorldModel(WorldModelConfig.preset("cpu", "Hopper"))
-    start = time.perf_counter()
-    WorldModelTrainer(model).fit(train, FIT_UPDATES, generator=torch.Generator().manual_seed(0), progress=False,
-                                 max_seconds=FIT_SECONDS)
-    seconds = time.perf_counter() - start
-    yield model, test, seconds
-    torch.set_num_threads(threads)
-
-
-def test_fidelity_joint_sampling_beats_constant_state_tenfold(fitted_hopper) -> None:
+def test_fidelity_joint_sampling_beats_constant_state_tenfold(fitted_hopper: FittedModel) -> None:
     from agd_envs.sampling import Conditioning, sample
 
-    model, test, seconds = fitted_hopper
+    model, test, seconds = fitted_hopper.model, fitted_hopper.test, fitted_hopper.seconds
     seg = test.sample_segments(1000, model.config.horizon, generator=torch.Generator().manual_seed(1))
     cond = Conditioning.from_start(seg.states[:, 0], seg.actions)
     imagined = sample(model, cond, generator=torch.Generator().manual_seed(2))
