@@ -21,11 +21,15 @@ s_0. Reported, per step t and over the H-step segment:
 - the policy gradient: cosine between the actor's A2C gradient (GAE advantages) on the imagined batch
   and on the real replay of it (1: the dream points the update where reality does; 0: no information), and
   beside it the same cosine between the real replay and an independent real batch (the policy in the simulator
-  from other start states): what one batch's gradient agrees with when the model is perfect;
+  from other start states): what one batch's gradient agrees with when the model is perfect; each also with the
+  advantages clipped to their median ± 3 robust standard deviations first (``*_clip3``, ``A2CConfig.advantage_clip``),
+  with the GAE advantages' rank correlation and top-1% share of their sum of squares;
 - the first action's advantage (``--first-action``): A_0 of each dreamed segment against A_0 of the simulator from
   the same s_0 and a_0 with the policy acting closed loop after it (the advantage the learner estimates), from the
   first k steps of each (k = 1, 3, 5, H); beside it, the correlation between two such closed-loop rollouts with
-  different policy noise, the most any estimate from one rollout can reach;
+  different policy noise, the most any estimate from one rollout can reach; each also as a rank (Spearman)
+  correlation, and each A_0's share of its sum of squares in its top 1% (0.09 for a Gaussian): is the signal lost in
+  a few runaway segments;
 - falls (``--margins``): the GAE advantages' spread on the real replay with and without the segments that fall
   and on the independent closed-loop batch, and for each margin the fraction of dreamed segments that
   ``Task.terminated(s, margin)`` ends and how many of the replay's falls are among them.
@@ -67,7 +71,7 @@ from agd_envs.sampling import DEFAULT_MAX_SHIFT, DEFAULT_MIN_GUIDE_NOISE, imagin
 from agd_envs.tasks import Task
 from agd_envs.training import WorldModelTrainer
 from agd_envs.world_model import WorldModel, WorldModelConfig
-from agents.a2c import A2CAgent
+from agents.a2c import A2CAgent, clip_to_robust_range
 from agents.returns import alive_mask
 from agents.recent import RecentMix, recent_rows
 from agents.trainer import agent_from_run
@@ -92,9 +96,15 @@ def replay(oracle: OracleWorldModel, s0: Tensor, actions: Tensor) -> tuple[Tenso
     return torch.stack(states, 1), torch.stack(rewards, 1), terminations
 
 
-def policy_gradient(agent: A2CAgent, states: Tensor, actions: Tensor, adv: Tensor, valid: Tensor) -> Tensor:
-    """The actor's flattened gradient of mean(log pi(a|s) * normalized A) over valid transitions."""
-    a = adv[valid]
+ADVANTAGE_CLIP = 3.0
+"""Robust standard deviations of the clipped measures (``*_clip3``): ``A2CConfig.advantage_clip`` at 3."""
+
+
+def policy_gradient(agent: A2CAgent, states: Tensor, actions: Tensor, adv: Tensor, valid: Tensor,
+                    clip: float | None = None) -> Tensor:
+    """The actor's flattened gradient of mean(log pi(a|s) * normalized A) over valid transitions (A first clipped to
+    its median ± ``clip`` robust standard deviations, as ``A2CConfig.advantage_clip`` does)."""
+    a = adv[valid] if clip is None else clip_to_robust_range(adv[valid], clip)
     a = (a - a.mean()) / (a.std() + 1e-8)
     agent.actor.zero_grad(set_to_none=True)
     loss = -(agent.actor(states[:, :-1][valid]).log_prob(actions[valid]) * a).mean()
@@ -114,14 +124,28 @@ def corr(x: Tensor, y: Tensor) -> float:
     return float(np.corrcoef(x.double().numpy(), y.double().numpy())[0, 1])
 
 
-def closed_loop(agent: A2CAgent, other: SegmentBatch, reference: Tensor) -> dict[str, float]:
+def rank_corr(x: Tensor, y: Tensor) -> float:
+    """Spearman correlation of two flat tensors: Pearson of their ranks, blind to how far outliers lie."""
+    rank = lambda v: v.double().argsort().argsort().double()  # noqa: E731
+    return corr(rank(x), rank(y))
+
+
+def tail_share(x: Tensor, fraction: float = 0.01) -> float:
+    """Share of the centred sum of squares that the largest ``fraction`` of |x - mean| carry (0.01 for Gaussian: 0.09)."""
+    sq = (x.double() - x.double().mean()).square().sort(descending=True).values
+    return float(sq[: max(1, int(round(fraction * len(sq))))].sum() / sq.sum())
+
+
+def closed_loop(agent: A2CAgent, other: SegmentBatch, reference: Tensor, reference_clipped: Tensor) -> dict[str, float]:
     """The real closed-loop batch ``other``: its fall rate, its GAE advantages' spread, and the cosine of its policy
-    gradient with ``reference`` (another real batch's)."""
+    gradient with ``reference`` (another real batch's; and clipped, ``ADVANTAGE_CLIP``, with ``reference_clipped``)."""
     valid = alive_mask(other.terminations)
     with torch.no_grad():
         gae = gae_advantages(agent, other.states, other.rewards, other.terminations)
     grad = policy_gradient(agent, other.states, other.actions, gae, valid)
+    clipped = policy_gradient(agent, other.states, other.actions, gae, valid, clip=ADVANTAGE_CLIP)
     return {"policy_gradient_cosine_independent_real": float(torch.nn.functional.cosine_similarity(grad, reference, dim=0)),
+            "policy_gradient_cosine_independent_real_clip3": float(torch.nn.functional.cosine_similarity(clipped, reference_clipped, dim=0)),
             "terminated_fraction_closed_loop_real": float(other.terminations[:, -1].double().mean()),
             "gae_advantage_std_closed_loop_real": float(gae[valid].std())}
 
@@ -146,7 +170,11 @@ def first_action_advantages(agent: A2CAgent, oracle: OracleWorldModel, dream: Se
     for k in sorted({1, 3, 5, horizon} & set(range(1, horizon + 1))):
         with torch.no_grad():
             a0 = [gae_advantages(agent, x.states[:, :k + 1], x.rewards[:, :k], x.terminations[:, :k])[:, 0] for x in (dream, *reals)]
-        out[str(k)] = {"dream_vs_real": corr(a0[0], a0[1]), "real_vs_real": corr(a0[1], a0[2])}
+        clip = [clip_to_robust_range(a, ADVANTAGE_CLIP) for a in a0]
+        out[str(k)] = {"dream_vs_real": corr(a0[0], a0[1]), "real_vs_real": corr(a0[1], a0[2]),
+                       "dream_vs_real_clip3": corr(clip[0], clip[1]), "real_vs_real_clip3": corr(clip[1], clip[2]),
+                       "dream_vs_real_rank": rank_corr(a0[0], a0[1]), "real_vs_real_rank": rank_corr(a0[1], a0[2]),
+                       "dream_top1pct_share": tail_share(a0[0]), "real_top1pct_share": tail_share(a0[1])}
     return out
 
 
@@ -172,6 +200,7 @@ def gap(agent: A2CAgent, guess: SegmentBatch, real: SegmentBatch, scale: Tensor,
         adv = [advantages(x.states, x.rewards, agent.critic, x.terminations, agent.config.gamma) for x in (guess, real)]
         gaes = [gae_advantages(agent, x.states, x.rewards, x.terminations) for x in (guess, real)]
     grads = [policy_gradient(agent, x.states, actions, g, valid) for x, g in zip((guess, real), gaes)]
+    clipped = [policy_gradient(agent, x.states, actions, g, valid, clip=ADVANTAGE_CLIP) for x, g in zip((guess, real), gaes)]
     returns = [torch.where(valid, x.rewards, 0.0).sum(1) for x in (guess, real)]
     whole = ~(guess.terminations[:, -1] | real.terminations[:, -1])
     with torch.no_grad():
@@ -188,8 +217,12 @@ def gap(agent: A2CAgent, guess: SegmentBatch, real: SegmentBatch, scale: Tensor,
         "advantage_corr": corr(adv[0][valid], adv[1][valid]),
         "advantage_sign_agreement": float(((adv[0] > 0) == (adv[1] > 0))[valid].double().mean()),
         "gae_advantage_corr": corr(gaes[0][valid], gaes[1][valid]),
+        "gae_advantage_corr_clip3": corr(*(clip_to_robust_range(g[valid], ADVANTAGE_CLIP) for g in gaes)),
+        "gae_advantage_rank_corr": rank_corr(gaes[0][valid], gaes[1][valid]),
+        "gae_advantage_top1pct_share": {"dream": tail_share(gaes[0][valid]), "real": tail_share(gaes[1][valid])},
         "policy_gradient_cosine": float(torch.nn.functional.cosine_similarity(*grads, dim=0)),
-        **({} if other is None else closed_loop(agent, other, grads[1])),
+        "policy_gradient_cosine_clip3": float(torch.nn.functional.cosine_similarity(*clipped, dim=0)),
+        **({} if other is None else closed_loop(agent, other, grads[1], clipped[1])),
         "gae_advantage_std": {"dream": float(gaes[0][valid].std()), "real": float(gaes[1][valid].std()),
                               "real_without_falls": float(gaes[1][valid & ~real.terminations[:, -1:]].std())},
         "value_bias_per_step": [round(float(v), 3) for v in (values[0] - values[1]).mean(0)],

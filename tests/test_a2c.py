@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from agd_envs.batch import SegmentBatch
-from agents.a2c import A2CAgent, A2CConfig
+from agents.a2c import A2CAgent, A2CConfig, clip_to_robust_range
 from agents.returns import alive_mask, gae
 
 
@@ -137,6 +137,36 @@ def test_update_ignores_everything_imagined_after_a_termination() -> None:
         results.append(_params(agent))
     torch.testing.assert_close(results[0], results[1], rtol=0, atol=1e-6)
     assert (results[0] - results[2]).abs().max() > 1e-4  # the terminating transition is learned from
+
+
+def test_robust_clip_cuts_a_gaussian_at_its_analytic_tail_and_ignores_runaway_entries() -> None:
+    x = torch.randn(200_000, generator=torch.Generator().manual_seed(0))
+    clipped = clip_to_robust_range(x, 3.0)
+    # median 0 and 1.4826 MAD = sigma for a Gaussian: P(|z| > 3) = 0.0027
+    assert abs(float((clipped != x).double().mean()) - 0.0027) < 0.0005
+    assert abs(float(clipped.abs().max()) - 3.0) < 0.05
+    x[:200] = 1e4  # mean + 3 std would move to ~1400; the median and MAD do not move
+    assert float(clip_to_robust_range(x, 3.0).max()) < 3.05
+    mostly_equal = torch.zeros(10)
+    mostly_equal[0] = 5.0
+    assert torch.equal(clip_to_robust_range(mostly_equal, 3.0), mostly_equal)  # MAD 0: left as it is
+    with pytest.raises(ValueError, match="advantage_clip must be > 0"):
+        A2CConfig(advantage_clip=0.0)
+
+
+@pytest.mark.parametrize("advantage_clip", [None, 3.0])
+def test_with_advantage_clip_a_runaway_segments_size_no_longer_moves_the_actor(advantage_clip: float | None) -> None:
+    actors = []
+    for outlier in (1e3, 1e5):
+        seg = random_segments(32, 6, 4, 2, seed=3)
+        seg.terminations[:] = False
+        seg.rewards[0, 2] = outlier  # one runaway dreamed step
+        torch.manual_seed(0)
+        agent = A2CAgent(4, 2, A2CConfig(hidden_sizes=(32, 32), advantage_clip=advantage_clip))
+        agent.update(seg)
+        actors.append(torch.cat([p.detach().flatten() for p in agent.actor.state_dict().values()]))
+    change = float((actors[0] - actors[1]).abs().max())
+    assert (change < 1e-6) if advantage_clip else (change > 1e-4), change
 
 
 def test_update_and_update_from_transitions_share_one_loss() -> None:
