@@ -23,7 +23,8 @@ s_0. Reported, per step t and over the H-step segment:
   beside it the same cosine between the real replay and an independent real batch (the policy in the simulator
   from other start states): what one batch's gradient agrees with when the model is perfect; each also with the
   advantages clipped to their median ± 3 robust standard deviations first (``*_clip3``, ``A2CConfig.advantage_clip``),
-  with the GAE advantages' rank correlation and top-1% share of their sum of squares;
+  with the GAE advantages' rank correlation and top-1% share of their sum of squares, and the state error at H of
+  the segments that hold that top 1% against the rest's;
 - the first action's advantage (``--first-action``): A_0 of each dreamed segment against A_0 of the simulator from
   the same s_0 and a_0 with the policy acting closed loop after it (the advantage the learner estimates), from the
   first k steps of each (k = 1, 3, 5, H); beside it, the correlation between two such closed-loop rollouts with
@@ -136,6 +137,16 @@ def tail_share(x: Tensor, fraction: float = 0.01) -> float:
     return float(sq[: max(1, int(round(fraction * len(sq))))].sum() / sq.sum())
 
 
+def outlier_drift(adv: Tensor, valid: Tensor, drift: Tensor, fraction: float = 0.01) -> dict[str, float]:
+    """Mean ``drift`` (``B``, e.g. the state error at H) of the segments holding the top ``fraction`` of |adv - mean|
+    (``B x H``, over ``valid``) against the other segments."""
+    deviation = torch.where(valid, (adv - adv[valid].mean()).abs(), -1.0)
+    top = deviation.flatten().topk(max(1, int(round(fraction * int(valid.sum()))))).indices // adv.shape[1]
+    chosen = torch.zeros(len(drift), dtype=torch.bool)
+    chosen[top] = True
+    return {"top1pct": float(drift[chosen].mean()), "rest": float(drift[~chosen].mean()), "segments": int(chosen.sum())}
+
+
 def closed_loop(agent: A2CAgent, other: SegmentBatch, reference: Tensor, reference_clipped: Tensor) -> dict[str, float]:
     """The real closed-loop batch ``other``: its fall rate, its GAE advantages' spread, and the cosine of its policy
     gradient with ``reference`` (another real batch's; and clipped, ``ADVANTAGE_CLIP``, with ``reference_clipped``)."""
@@ -220,6 +231,7 @@ def gap(agent: A2CAgent, guess: SegmentBatch, real: SegmentBatch, scale: Tensor,
         "gae_advantage_corr_clip3": corr(*(clip_to_robust_range(g[valid], ADVANTAGE_CLIP) for g in gaes)),
         "gae_advantage_rank_corr": rank_corr(gaes[0][valid], gaes[1][valid]),
         "gae_advantage_top1pct_share": {"dream": tail_share(gaes[0][valid]), "real": tail_share(gaes[1][valid])},
+        "state_rmse_z_at_h_outlier_segments": outlier_drift(gaes[0], valid, state_rmse[:, -1]),
         "policy_gradient_cosine": float(torch.nn.functional.cosine_similarity(*grads, dim=0)),
         "policy_gradient_cosine_clip3": float(torch.nn.functional.cosine_similarity(*clipped, dim=0)),
         **({} if other is None else closed_loop(agent, other, grads[1], clipped[1])),
