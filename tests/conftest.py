@@ -48,7 +48,6 @@ class FittedModel:
     """A ``cpu``-preset model fitted on the train split of a shipped dataset, with its held-out split."""
 
     model: "WorldModel"
-    train: "EpisodeDataset"
     test: "EpisodeDataset"
     seconds: float
     """Wall time of the fit."""
@@ -78,4 +77,4 @@ def fitted_hopper() -> FittedModel:
         seconds = time.perf_counter() - start
     finally:
         torch.set_num_threads(threads)
-    return FittedModel(model, train, test, seconds)
+    return FittedModel(model, test, seconds)
